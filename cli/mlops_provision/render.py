@@ -1,0 +1,52 @@
+"""Render the unit and environment file from templates/ — the files the role installs.
+
+Plain Jinja2 configured like Ansible's template module (trim_blocks, trailing newline kept),
+so `render` output equals the file on a host byte for byte; a test holds us to that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from mlops_provision import paths
+from mlops_provision.spec import DeploySpec
+
+TEMPLATES = {"mlflow.service": "mlflow.service.j2", "mlflow.env": "mlflow.env.j2"}
+MASK = "********"
+# Without --allowed-hosts each host computes its own list from its names and addresses.
+LOCAL_ONLY_HOSTS = ["localhost", "127.0.0.1", "localhost:*", "127.0.0.1:*"]
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(paths.templates_dir())),
+        trim_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 - systemd files, not HTML
+    )
+
+
+def render_files(spec: DeploySpec, *, mask_secrets: bool = True) -> dict[str, str]:
+    variables: dict[str, Any] = dict(spec.effective)
+    variables["_mlflow_allowed_hosts"] = variables["mlflow_allowed_hosts"] or LOCAL_ONLY_HOSTS
+    env = _environment()
+    out = {name: env.get_template(tpl).render(variables) for name, tpl in TEMPLATES.items()}
+    if mask_secrets:
+        for secret in spec.secrets():
+            out = {name: text.replace(secret, MASK) for name, text in out.items()}
+    return out
+
+
+def write_files(files: dict[str, str], output_dir: Path) -> list[Path]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in files.items():
+        target = output_dir / name
+        target.write_text(text, encoding="utf-8")
+        target.chmod(0o600 if name.endswith(".env") else 0o644)
+        written.append(target)
+    return written

@@ -1,0 +1,1 @@
+"""Local sandbox VMs: systemd-booting podman containers reached over real SSH."""
