@@ -58,8 +58,12 @@ def _dir() -> Path:
     return path
 
 
+def valid_name(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
 def check_name(name: str) -> None:
-    if not _NAME.match(name):
+    if not valid_name(name):
         raise UsageError(f"--name {name!r}: use 1-31 of a-z 0-9 - starting with a letter, e.g. vm1")
 
 

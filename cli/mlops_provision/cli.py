@@ -1,0 +1,113 @@
+"""Command line: parse, then hand over to commands.py. Imports stay light so --help is instant."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mlops_provision import __version__
+from mlops_provision.options import OPTIONS
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(2)
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server options (same meaning as `mlflow server`)")
+    for opt in OPTIONS:
+        if opt.kind == "bool":
+            group.add_argument(f"--{opt.flag}", dest=opt.key, action=argparse.BooleanOptionalAction,
+                               default=None, help=opt.help)
+        else:
+            group.add_argument(f"--{opt.flag}", dest=opt.key, default=None,
+                               metavar=opt.flag.split("-")[-1].upper(), help=opt.help)
+    group.add_argument("--allow-insecure-version", action="store_true",
+                       help="allow an MLflow release with known server vulnerabilities")
+    parser.add_argument("--config", metavar="FILE", help="YAML file with the same keys as these flags")
+
+
+def _target_options(parser: argparse.ArgumentParser, ansible: bool = True) -> None:
+    group = parser.add_argument_group("targets")
+    group.add_argument("--host", action="append", default=[], metavar="NAME",
+                       help="sandbox name, inventory host, or hostname/IP (repeatable)")
+    group.add_argument("-i", "--inventory", action="append", default=[], metavar="FILE",
+                       help="Ansible inventory; without --host, its group mlflow_servers is used")
+    if not ansible:
+        return
+    group.add_argument("--limit", help="Ansible --limit pattern")
+    group = parser.add_argument_group("ansible passthrough")
+    group.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
+                       help="extra variables (key=value, JSON or @file), as for ansible-playbook")
+    group.add_argument("--tags", help="run only these role tags (e.g. mlflow_configure)")
+    group.add_argument("--check", action="store_true", help="dry run: report what would change")
+    group.add_argument("--diff", action="store_true", help="show file differences")
+    group.add_argument("-v", "--verbose", action="count", default=0, help="raw Ansible output (-vv, -vvv: more)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mlops-provision",
+        description="Put a production-grade MLflow tracking server on your own Linux VMs.",
+        epilog="Exit codes: 0 ok, 1 failed on a host, 2 bad input (nothing changed), 3 host unreachable.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    deploy = sub.add_parser("deploy", help="install or converge MLflow on hosts")
+    _server_options(deploy)
+    _target_options(deploy)
+
+    render = sub.add_parser("render", help="write the unit and env file a deploy would install")
+    _server_options(render)
+    render.add_argument("--output-dir", metavar="DIR", help="write files here instead of printing them")
+
+    health = sub.add_parser("health", help="check /health and /version (--deep: a real round trip)")
+    _target_options(health, ansible=False)
+    health.add_argument("--url", action="append", default=[], help="check this URL instead of hosts")
+    health.add_argument("--port", type=int, default=None, help="server port on non-sandbox hosts (default 5000)")
+    health.add_argument("--deep", action="store_true",
+                        help="also create a run, log a metric, upload and download an artifact, clean up")
+    health.add_argument("--json", action="store_true", help="machine-readable output")
+    health.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+
+    destroy = sub.add_parser("destroy", help="remove the service, unit, venv and firewall rule")
+    _target_options(destroy)
+    destroy.add_argument("--yes", action="store_true", help="confirm removal (required)")
+    destroy.add_argument("--purge-data", action="store_true", help="also delete /var/lib/mlflow and the user")
+    destroy.add_argument("--port", default=None, help="port whose firewall rule to close (default 5000)")
+
+    sandbox = sub.add_parser("sandbox", help="local sandbox VMs (podman containers that boot systemd)")
+    sbx = sandbox.add_subparsers(dest="sandbox_command", required=True, parser_class=_Parser)
+    up = sbx.add_parser("up", help="start a sandbox VM reachable over SSH on 127.0.0.1")
+    up.add_argument("--name", required=True)
+    up.add_argument("--distro", default="debian12", choices=["debian12", "debian13"])
+    down = sbx.add_parser("down", help="remove a sandbox VM")
+    down.add_argument("--name", required=True)
+    sbx.add_parser("list", help="list sandbox VMs")
+    image = sbx.add_parser("image", help="build the cached sandbox image")
+    image.add_argument("--distro", default="debian12", choices=["debian12", "debian13"])
+    image.add_argument("--rebuild", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from mlops_provision import commands
+    from mlops_provision.errors import ProvisionError
+
+    try:
+        return commands.dispatch(args)
+    except ProvisionError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""One handler per subcommand: validated input -> playbook run or local action -> output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlops_provision import paths
+from mlops_provision.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, UsageError
+from mlops_provision.options import OPTIONS
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    handler = {
+        "deploy": deploy, "render": render, "health": health, "destroy": destroy, "sandbox": sandbox,
+    }[args.command]
+    return handler(args)
+
+
+def _spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from mlops_provision.spec import build_spec
+
+    flags = {opt.key: getattr(args, opt.key, None) for opt in OPTIONS}
+    flags["allow_insecure_version"] = getattr(args, "allow_insecure_version", False)
+    return build_spec(flags, args.config)
+
+
+def _exit_code(result: Any) -> int:
+    hosts = result.hosts.values()
+    if hosts and all(h.validation_failed for h in hosts if h.failed) and any(h.failed for h in hosts):
+        return EXIT_USAGE
+    if any(h.failed for h in hosts):
+        return EXIT_FAILED
+    if result.any_unreachable:
+        return EXIT_UNREACHABLE
+    return EXIT_FAILED if result.rc != 0 else EXIT_OK
+
+
+def _run(action: str, args: argparse.Namespace, targets: Any, extravars: dict[str, Any],
+         secrets: list[str]):  # type: ignore[no-untyped-def]
+    from mlops_provision import runner
+
+    request = runner.RunRequest(
+        action=action, inventories=targets.inventories, generated_inventory=targets.generated,
+        extravars={"mlflow_hosts": targets.pattern, **extravars},
+        passthrough_extravars=args.extra_vars, limit=args.limit, tags=args.tags,
+        check=args.check, diff=args.diff, verbosity=args.verbose, secrets=secrets,
+    )
+    result = runner.run(request)
+    if not result.hosts:
+        raise UsageError(f"no host matched {targets.pattern!r}"
+                         + (f" with --limit {args.limit}" if args.limit else "")
+                         + f"; see the run log {result.run_dir / 'ansible.log'}")
+    return result
+
+
+def deploy(args: argparse.Namespace) -> int:
+    from mlops_provision import health as health_mod
+    from mlops_provision import summary, targets
+
+    spec = _spec(args)
+    hosts = args.host or list(spec.config.get("host") or [])
+    inventories = args.inventory or ([spec.config["inventory"]] if spec.config.get("inventory") else [])
+    resolved = targets.resolve(hosts, inventories)
+    extravars = dict(spec.explicit)
+    extravars["mlflow_wheelhouse_cache_dir"] = str(paths.cache_dir() / "wheelhouse")
+    result = _run("deploy", args, resolved, extravars, spec.secrets())
+
+    urls: dict[str, str] = {}
+    reports = {}
+    for name, host in result.hosts.items():
+        if host.deployment:
+            urls[name] = resolved.url(name, int(host.deployment.get("port", 5000)))
+            reports[name] = health_mod.check(urls[name], timeout=5)
+            if name in resolved.sandboxes and int(host.deployment.get("port", 5000)) != 5000:
+                sys.stderr.write(f"note: sandbox {name} publishes only port 5000 of the VM\n")
+    print(summary.deploy_summary(result, urls, reports, check_mode=args.check))
+    return _exit_code(result)
+
+
+def render(args: argparse.Namespace) -> int:
+    from mlops_provision.render import LOCAL_ONLY_HOSTS, render_files, write_files
+
+    spec = _spec(args)
+    files = render_files(spec, mask_secrets=True)
+    note = ""
+    if not spec.effective.get("mlflow_allowed_hosts"):
+        note = (f"note: MLFLOW_SERVER_ALLOWED_HOSTS shows {','.join(LOCAL_ONLY_HOSTS)}; on a host it also "
+                "lists that host's names and addresses (pin it with --allowed-hosts)\n")
+    if args.output_dir:
+        for path in write_files(files, Path(args.output_dir)):
+            print(path)
+    else:
+        for name, text in files.items():
+            print(f"# ---- {name} ----")
+            sys.stdout.write(text)
+    sys.stderr.write(note)
+    return EXIT_OK
+
+
+def health(args: argparse.Namespace) -> int:
+    from mlops_provision import health as health_mod
+    from mlops_provision import targets
+
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be a positive number of seconds")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise UsageError(f"--port: {args.port} is not a TCP port; valid: 1-65535")
+    urls: dict[str, str] = {}
+    for url in args.url:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--url {url!r}: must start with http:// or https://")
+        urls[url] = url
+    if args.host or args.inventory:
+        resolved = targets.resolve(args.host, args.inventory)
+        names = args.host or list(resolved.addresses)
+        for name in names:
+            urls[name] = resolved.url(name, args.port or 5000)
+    if not urls:
+        raise UsageError("give --host NAME, -i INVENTORY or --url URL")
+    reports = {name: health_mod.check(url, deep=args.deep, timeout=args.timeout) for name, url in urls.items()}
+    if args.json:
+        print(json.dumps({name: r.to_dict() for name, r in reports.items()}, indent=2))
+    else:
+        print(health_mod.format_table(reports))
+    if any(not r.healthy and not r.unreachable for r in reports.values()):
+        return EXIT_FAILED
+    if any(r.unreachable for r in reports.values()):
+        return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+def destroy(args: argparse.Namespace) -> int:
+    from mlops_provision import summary, targets
+    from mlops_provision.options import check_port
+
+    if not args.yes:
+        raise UsageError("destroy removes the MLflow service from the hosts: add --yes to confirm")
+    extravars: dict[str, Any] = {"mlflow_purge_data": bool(args.purge_data)}
+    if args.port is not None:
+        try:
+            port = int(args.port)
+        except ValueError:
+            raise UsageError(f"--port: {args.port!r} is not a number; valid: 1-65535") from None
+        check_port("--port", port, {})
+        extravars["mlflow_port"] = port
+    resolved = targets.resolve(args.host, args.inventory)
+    result = _run("destroy", args, resolved, extravars, [])
+    print(summary.destroy_summary(result, args.purge_data))
+    return _exit_code(result)
+
+
+def sandbox(args: argparse.Namespace) -> int:
+    from mlops_provision.sandbox import image, machines
+
+    if args.sandbox_command == "up":
+        box = machines.up(args.name, args.distro, log=lambda m: sys.stderr.write(m + "\n"))
+        print(f"sandbox {box.name} ({box.distro}) is up: ssh -p {box.ssh_port} -i {box.key_file} "
+              f"{box.user}@127.0.0.1")
+        print(f"  MLflow port 5000 of the VM is published at {box.url}")
+        print(f"  next: mlops-provision deploy --host {box.name}")
+    elif args.sandbox_command == "down":
+        print(f"sandbox {args.name} " + ("removed" if machines.down(args.name) else "did not exist"))
+    elif args.sandbox_command == "list":
+        rows = machines.list_all()
+        print(f"{'NAME':<14} {'DISTRO':<9} {'STATE':<9} {'SSH':<16} MLFLOW URL")
+        for box, state in rows:
+            print(f"{box.name:<14} {box.distro:<9} {state:<9} 127.0.0.1:{box.ssh_port:<6} {box.url}")
+    elif args.sandbox_command == "image":
+        print(image.build_image(args.distro, force=args.rebuild, log=lambda m: sys.stderr.write(m + "\n")))
+    return EXIT_OK

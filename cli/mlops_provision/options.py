@@ -1,0 +1,193 @@
+"""The server options: one table tying each CLI flag, config key and role variable together,
+with the validator for its value. Standard library only: the CLI's parser is built from it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from mlops_provision.errors import UsageError
+
+MIN_SAFE_MLFLOW = (3, 14)  # earlier 3.x servers have published CVEs
+_HOST_PATTERN = re.compile(r"^[A-Za-z0-9.*:\[\]_-]{1,253}$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str  # without the leading dashes; the config key is the same with - or _
+    var: str  # role variable
+    kind: str  # str | int | bool | list | choice
+    help: str
+    check: Callable[[str, Any, Mapping[str, Any]], None] | None = None
+    choices: tuple[str, ...] = ()
+    env: str | None = None  # controller environment variable read when the flag is absent
+
+    @property
+    def key(self) -> str:
+        return self.flag.replace("-", "_")
+
+
+# --- validators: (label, value, all effective values) -> raise UsageError -------------
+
+
+def _data_dir(values: Mapping[str, Any]) -> str:
+    return str(values.get("mlflow_data_dir", "/var/lib/mlflow")).rstrip("/")
+
+
+def check_backend_uri(label: str, value: str, values: Mapping[str, Any]) -> None:
+    valid = (f"valid: sqlite:///{_data_dir(values)}/mlflow.db (absolute, four slashes, under "
+             f"{_data_dir(values)}) or postgresql://USER:PASSWORD@HOST:5432/DATABASE")
+    if label.endswith("registry-store-uri") and value == "":
+        return
+    if value.startswith("sqlite:"):
+        if not value.startswith("sqlite:////"):
+            raise UsageError(f"{label}: {value!r} is not an absolute SQLite URI; {valid}")
+        path = value[len("sqlite:///"):]
+        _check_under_data_dir(label, path, values)
+        return
+    if value.startswith("postgres://"):
+        raise UsageError(f"{label}: use postgresql:// instead of postgres:// (SQLAlchemy dropped the alias)")
+    if re.match(r"^postgresql(\+psycopg2)?://", value):
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise UsageError(f"{label}: the port in {_redact_uri(value)!r} is not a number 1-65535") from None
+        if not parts.hostname or not parts.path.strip("/"):
+            raise UsageError(f"{label}: {_redact_uri(value)!r} needs a host and a database; {valid}")
+        return
+    raise UsageError(f"{label}: {_redact_uri(value)!r} is not supported; {valid}")
+
+
+def _check_under_data_dir(label: str, path: str, values: Mapping[str, Any]) -> None:
+    data_dir = _data_dir(values)
+    norm = os.path.normpath(path)
+    if not path.startswith("/") or not (norm + "/").startswith(data_dir + "/") or norm == data_dir:
+        raise UsageError(
+            f"{label}: {path!r} must be a path inside {data_dir} (the service's only writable "
+            "directory under ProtectSystem=strict)"
+        )
+
+
+def check_artifact_uri(label: str, value: str, values: Mapping[str, Any]) -> None:
+    valid = ("valid: an absolute path under /var/lib/mlflow, file:///var/lib/mlflow/..., "
+             "s3://BUCKET[/prefix], wasbs://CONTAINER@ACCOUNT.blob.core.windows.net[/path], "
+             "gs://BUCKET[/path], sftp://USER@HOST/path")
+    if label.endswith("default-artifact-root"):
+        if value == "" or value.rstrip("/") in ("mlflow-artifacts:", "mlflow-artifacts:/"):
+            return
+        valid += " or mlflow-artifacts:/"
+    if value.startswith("/"):
+        _check_under_data_dir(label, value, values)
+        return
+    scheme, _, rest = value.partition("://")
+    if scheme == "file":
+        _check_under_data_dir(label, rest, values)
+        return
+    if scheme in ("s3", "gs"):
+        bucket = rest.split("/", 1)[0]
+        if not _BUCKET.match(bucket):
+            raise UsageError(f"{label}: {value!r} has no valid bucket name (3-63 of a-z 0-9 . -); {valid}")
+        return
+    if scheme == "wasbs":
+        m = re.match(r"^([a-z0-9-]{3,63})@([a-z0-9]{3,24})\.blob\.[a-z0-9.-]+(/.*)?$", rest)
+        if not m:
+            raise UsageError(f"{label}: {value!r} must look like "
+                             "wasbs://CONTAINER@ACCOUNT.blob.core.windows.net/path")
+        return
+    if scheme == "sftp":
+        parts = urlsplit(value)
+        if not parts.hostname or not parts.username or not parts.path.strip("/"):
+            raise UsageError(f"{label}: {value!r} must look like sftp://USER@HOST/path")
+        return
+    raise UsageError(f"{label}: {value!r} is not a supported artifact location; {valid}")
+
+
+def check_port(label: str, value: int, values: Mapping[str, Any]) -> None:
+    if not 1 <= value <= 65535:
+        raise UsageError(f"{label}: {value} is not a TCP port; valid: 1-65535")
+
+
+def check_workers(label: str, value: int, values: Mapping[str, Any]) -> None:
+    if not 1 <= value <= 64:
+        raise UsageError(f"{label}: {value} workers is out of range; valid: 1-64")
+
+
+def check_address(label: str, value: str, values: Mapping[str, Any]) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise UsageError(f"{label}: {value!r} is not an IP address; e.g. 0.0.0.0, 127.0.0.1 or ::") from None
+
+
+def check_hosts(label: str, value: list[str], values: Mapping[str, Any]) -> None:
+    for item in value:
+        if not _HOST_PATTERN.match(item):
+            raise UsageError(f"{label}: {item!r} is not a host name or pattern "
+                             "(letters, digits, . - _ : * [ ]), e.g. mlflow.example.com,mlflow.example.com:*")
+
+
+def check_origins(label: str, value: list[str], values: Mapping[str, Any]) -> None:
+    for item in value:
+        if not re.match(r"^https?://[A-Za-z0-9.*:_\[\]-]+$", item):
+            raise UsageError(f"{label}: {item!r} is not an origin; e.g. https://app.example.com")
+
+
+def check_version(label: str, value: str, values: Mapping[str, Any]) -> None:
+    m = re.match(r"^(\d+)\.(\d+)\.(\d+)$", value)
+    if not m:
+        raise UsageError(f"{label}: {value!r} is not a release number; e.g. 3.17.2")
+    if tuple(int(p) for p in m.groups()[:2]) < MIN_SAFE_MLFLOW and not values.get("_allow_insecure"):
+        raise UsageError(
+            f"{label}: MLflow {value} has known server vulnerabilities; use "
+            f"{MIN_SAFE_MLFLOW[0]}.{MIN_SAFE_MLFLOW[1]}.0 or newer, or pass --allow-insecure-version"
+        )
+
+
+def check_index_url(label: str, value: str, values: Mapping[str, Any]) -> None:
+    if value and not re.match(r"^https?://[^\s/]+", value):
+        raise UsageError(f"{label}: {value!r} is not an http(s) URL")
+
+
+def check_abs_path(label: str, value: str, values: Mapping[str, Any]) -> None:
+    if value and not value.startswith("/"):
+        raise UsageError(f"{label}: {value!r} must be an absolute path on the host")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("backend-store-uri", "mlflow_backend_store_uri", "str",
+           "tracking store URI (default sqlite:////var/lib/mlflow/mlflow.db)", check_backend_uri,
+           env="MLFLOW_BACKEND_STORE_URI"),
+    Option("registry-store-uri", "mlflow_registry_store_uri", "str",
+           "model registry store URI (default: the tracking store)", check_backend_uri),
+    Option("default-artifact-root", "mlflow_default_artifact_root", "str",
+           "artifact root for new experiments (default mlflow-artifacts:/ when serving)", check_artifact_uri),
+    Option("artifacts-destination", "mlflow_artifacts_destination", "str",
+           "where a serving server stores artifacts (default /var/lib/mlflow/artifacts)", check_artifact_uri),
+    Option("serve-artifacts", "mlflow_serve_artifacts", "bool",
+           "proxy artifacts through the server (default on)"),
+    Option("port", "mlflow_port", "int", "server port (default 5000)", check_port),
+    Option("workers", "mlflow_workers", "int", "uvicorn workers (default 4)", check_workers),
+    Option("allowed-hosts", "mlflow_allowed_hosts", "list",
+           "comma-separated Host header patterns (default: the host's names and addresses)", check_hosts),
+    Option("cors-allowed-origins", "mlflow_cors_allowed_origins", "list",
+           "comma-separated origins allowed for CORS", check_origins),
+    Option("bind-address", "mlflow_bind_address", "str", "listen address (default 0.0.0.0)", check_address),
+    Option("mlflow-version", "mlflow_version", "str", "MLflow release (default pinned)", check_version),
+    Option("install-method", "mlflow_install_method", "choice",
+           "wheelhouse (default; no index needed on hosts) or index", choices=("wheelhouse", "index")),
+    Option("pip-index-url", "mlflow_pip_index_url", "str", "index for --install-method index", check_index_url),
+    Option("pip-ca-bundle", "mlflow_pip_ca_bundle", "str", "CA bundle path on the host", check_abs_path),
+    Option("pip-proxy", "mlflow_pip_proxy", "str", "HTTP(S) proxy for pip on the host", check_index_url),
+)
+
+
+def _redact_uri(value: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", value)

@@ -1,0 +1,238 @@
+"""Run one playbook through ansible-runner; keep a redacted log of it in a run directory.
+
+Secrets travel only in a 0600 vars file inside a private temporary directory that is deleted
+after the run; the kept run directory holds the redacted output, the command and a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlops_provision import paths
+from mlops_provision.progress import Progress, failure_message
+from mlops_provision.redact import Redactor
+
+KEEP_RUNS = 50
+# Tasks whose failure means bad input, not a broken host: exit 2 like the CLI's own checks.
+VALIDATION_TASKS = ("Validating arguments against arg spec", "Preflight | Validate variables")
+
+
+@dataclass
+class HostResult:
+    name: str
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+    validation_failed: bool = False
+    deployment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    action: str
+    rc: int
+    duration: float
+    run_dir: Path
+    hosts: dict[str, HostResult]
+
+    @property
+    def any_unreachable(self) -> bool:
+        return any(h.unreachable for h in self.hosts.values())
+
+    @property
+    def any_failed(self) -> bool:
+        return any(h.failed for h in self.hosts.values()) or (self.rc != 0 and not self.any_unreachable)
+
+
+@dataclass
+class RunRequest:
+    action: str  # playbook name
+    inventories: list[Path]
+    generated_inventory: dict[str, Any]
+    extravars: dict[str, Any]
+    passthrough_extravars: list[str] = field(default_factory=list)
+    limit: str | None = None
+    tags: str | None = None
+    check: bool = False
+    diff: bool = False
+    verbosity: int = 0
+    secrets: list[str] = field(default_factory=list)
+
+
+def ansible_env() -> dict[str, str]:
+    return {
+        "ANSIBLE_ROLES_PATH": str(paths.roles_dir()),
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_FORKS": "20",
+        "ANSIBLE_TIMEOUT": "15",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_INTERPRETER_PYTHON": "auto_silent",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "ANSIBLE_LOCALHOST_WARNING": "False",
+        "ANSIBLE_NOCOLOR": "True",
+        "ANSIBLE_SSH_ARGS": "-C -o ControlMaster=auto -o ControlPersist=60s",
+    }
+
+
+def _new_run_dir(action: str) -> Path:
+    runs = paths.state_dir() / "runs"
+    runs.mkdir(mode=0o700, exist_ok=True)
+    old = sorted(p for p in runs.iterdir() if p.is_dir())
+    for stale in old[: max(0, len(old) - KEEP_RUNS + 1)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = runs / f"{stamp}-{action}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = runs / f"{stamp}-{action}-{suffix}"
+    run_dir.mkdir(mode=0o700)
+    return run_dir
+
+
+def _cmdline(req: RunRequest, vars_file: Path) -> list[str]:
+    args = ["-e", f"@{vars_file}"]
+    for extra in req.passthrough_extravars:
+        args += ["-e", extra]
+    if req.limit:
+        args += ["--limit", req.limit]
+    if req.tags:
+        args += ["--tags", req.tags]
+    if req.check:
+        args.append("--check")
+    if req.diff:
+        args.append("--diff")
+    return args
+
+
+def _count_tasks(playbook: Path, inventories: list[Path], cmdline: list[str], env: dict[str, str],
+                 progress: Progress) -> None:
+    """`--list-tasks` in the background gives the m of "task n of m" without delaying the run."""
+    exe = Path(sys.executable).with_name("ansible-playbook")
+    cmd = [str(exe if exe.exists() else "ansible-playbook"), "--list-tasks", str(playbook)]
+    for inv in inventories:
+        cmd += ["-i", str(inv)]
+    try:
+        out = subprocess.run(cmd + cmdline, capture_output=True, text=True, env={**os.environ, **env},
+                             timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    tasks = [line for line in out.splitlines() if "TAGS:" in line and not line.strip().startswith("play #")]
+    # Dynamic includes are not listed: the count of the last run of this action knows them.
+    last = _task_counts().get(playbook.stem, 0)
+    if tasks or last:
+        progress.set_total(max(len(tasks) + 1, last))  # + fact gathering
+
+
+def _task_counts_file() -> Path:
+    return paths.state_dir() / "task-counts.json"
+
+
+def _task_counts() -> dict[str, int]:
+    try:
+        return dict(json.loads(_task_counts_file().read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember_task_count(action: str, count: int) -> None:
+    counts = _task_counts()
+    counts[action] = count
+    _task_counts_file().write_text(json.dumps(counts))
+
+
+def run(req: RunRequest) -> RunResult:
+    import ansible_runner  # slow import: only when a playbook actually runs
+
+    redact = Redactor(req.secrets)
+    run_dir = _new_run_dir(req.action)
+    progress = Progress(redact, quiet=req.verbosity > 0)
+    hosts: dict[str, HostResult] = {}
+    playbook = paths.playbook(req.action)
+    env = ansible_env()
+    started = time.monotonic()
+
+    with tempfile.TemporaryDirectory(prefix="mlops-provision-") as private:
+        private_dir = Path(private)
+        vars_file = private_dir / "mlops-vars.yml"
+        fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            yaml.safe_dump(req.extravars, fh)
+        inventories = list(req.inventories)
+        if req.generated_inventory:
+            generated = private_dir / "generated-inventory.yml"
+            generated.write_text(yaml.safe_dump(req.generated_inventory))
+            inventories.insert(0, generated)
+        cmdline = _cmdline(req, vars_file)
+        counter = threading.Thread(target=_count_tasks, daemon=True,
+                                   args=(playbook, inventories, cmdline, env, progress))
+        counter.start()
+
+        def on_event(event: dict[str, Any]) -> bool:
+            _collect(event, hosts)
+            return progress.handle(event)
+
+        result = ansible_runner.run(
+            private_data_dir=str(private_dir),
+            playbook=str(playbook),
+            inventory=[str(i) for i in inventories],
+            cmdline=shlex.join(cmdline),
+            envvars=env,
+            verbosity=req.verbosity or None,
+            quiet=req.verbosity == 0,
+            event_handler=on_event,
+            suppress_env_files=True,
+        )
+        progress.finish()
+        stdout = result.stdout.read() if result.stdout else ""
+        (run_dir / "ansible.log").write_text(redact(stdout))
+        (run_dir / "command").write_text(redact(shlex.join(["ansible-playbook", str(playbook), *cmdline])) + "\n")
+
+    if result.rc == 0:
+        _remember_task_count(req.action, progress.done)
+    outcome = RunResult(action=req.action, rc=int(result.rc or 0), duration=time.monotonic() - started,
+                        run_dir=run_dir, hosts=hosts)
+    summary = {"action": req.action, "rc": outcome.rc, "duration_s": round(outcome.duration, 1),
+               "hosts": {name: asdict(h) for name, h in hosts.items()}}
+    (run_dir / "summary.json").write_text(redact(json.dumps(summary, indent=2)) + "\n")
+    return outcome
+
+
+def _collect(event: dict[str, Any], hosts: dict[str, HostResult]) -> None:
+    kind = event.get("event", "")
+    data = event.get("event_data", {})
+    if kind == "playbook_on_stats":
+        for stat, attr in (("ok", "ok"), ("changed", "changed"), ("failures", "failed"),
+                           ("dark", "unreachable"), ("skipped", "skipped")):
+            for host, count in (data.get(stat) or {}).items():
+                setattr(hosts.setdefault(host, HostResult(host)), attr, int(count))
+        return
+    host = data.get("host")
+    if not host:
+        return
+    entry = hosts.setdefault(host, HostResult(host))
+    res = data.get("res") or {}
+    if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
+        entry.failures.append(failure_message(res))
+        if any(str(data.get("task", "")).startswith(t) for t in VALIDATION_TASKS):
+            entry.validation_failed = True
+    elif kind == "runner_on_ok":
+        facts = res.get("ansible_facts") or {}
+        if "mlflow_deployment" in facts:
+            entry.deployment = dict(facts["mlflow_deployment"])
