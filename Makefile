@@ -1,0 +1,47 @@
+# make demo  : set up, start sandbox VM vm1, deploy MLflow to it, deep health check
+# make test  : set up, lint, unit tests, Molecule (Debian 12 + 13), end-to-end over SSH
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+export CONTAINERS_CONF := $(CURDIR)/cli/mlops_provision/sandbox/containers.conf
+# One wheelhouse and one image cache shared by the demo, Molecule and the e2e tests.
+export MLOPS_PROVISION_CACHE ?= $(HOME)/.cache/mlops-provision
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+.PHONY: setup demo test lint unit molecule e2e images bench clean-sandboxes
+
+setup:
+	@bash scripts/setup.sh
+
+images: setup
+	mlops-provision sandbox image --distro debian12
+	mlops-provision sandbox image --distro debian13
+
+demo: setup
+	mlops-provision sandbox up --name vm1
+	mlops-provision deploy --host vm1
+	mlops-provision health --host vm1 --deep
+
+lint: setup
+	ruff check cli tests scripts
+	mypy
+	yamllint --strict .
+	ansible-lint --profile production
+
+unit: setup
+	pytest -q tests/unit
+
+molecule: images
+	cd $(CURDIR) && molecule test --all
+
+e2e: images
+	pytest -q tests/e2e
+
+test: lint unit molecule e2e
+
+bench: images
+	python scripts/bench.py
+
+clean-sandboxes: setup
+	for n in $$(mlops-provision sandbox list | awk 'NR>1 {print $$1}'); do mlops-provision sandbox down --name $$n; done

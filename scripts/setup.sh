@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need, idempotently: Debian packages (podman,
+# runc, debootstrap, slirp4netns, openssh-client) and a venv (.venv) with this package and the
+# test tools. Safe to re-run; it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pair in podman:podman runc:runc debootstrap:debootstrap slirp4netns:slirp4netns \
+            ssh:openssh-client ssh-keygen:openssh-client newuidmap:uidmap systemd-analyze:systemd; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if ((${#need[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: need root to apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+  echo "setup: apt-get install ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.mlops-provision-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  echo "setup: installing the package and test tools into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -U pip
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
+echo "setup: ready"

@@ -1,0 +1,93 @@
+"""The installed command: exit codes and messages, as an operator sees them."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlops_provision.cli import build_parser
+from mlops_provision.options import OPTIONS
+from tests.conftest import CLI, ROOT
+
+
+def run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "MLOPS_PROVISION_HOME": str(home / "state")}
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["deploy", "--host", "vm1", "--port", "70000"], 2, "error: --port: 70000 is not a TCP port; valid: 1-65535\n"),
+    (["deploy", "--host", "vm1", "--backend-store-uri", "mysql:/oops"], 2,
+     "error: --backend-store-uri: 'mysql:/oops' is not supported"),
+    (["deploy", "--host", "vm1", "--default-artifact-root", "ftp://x"], 2,
+     "error: --default-artifact-root: 'ftp://x' is not a supported artifact location"),
+    (["deploy", "--host", "ghost.invalid"], 2,
+     "error: --host ghost.invalid: not a sandbox (see `mlops-provision sandbox list`), no -i inventory given, "
+     "and the name does not resolve"),
+    (["deploy"], 2, "error: give --host NAME (a sandbox, an inventory host or a hostname/IP) or -i INVENTORY\n"),
+    (["deploy", "-i", "/nonexistent/inv.yml"], 2, "error: -i/--inventory /nonexistent/inv.yml: file not found\n"),
+    (["deploy", "--host", "bad host!"], 2, "error: --host 'bad host!' is not a valid host name"),
+    (["deploy", "--workers", "two"], 2, "error: --workers: expected a whole number, got 'two'\n"),
+    (["destroy", "--host", "vm1"], 2, "error: destroy removes the MLflow service from the hosts: add --yes"),
+    (["health"], 2, "error: give --host NAME, -i INVENTORY or --url URL\n"),
+    (["health", "--url", "ftp://x"], 2, "error: --url 'ftp://x': must start with http:// or https://\n"),
+    (["health", "--url", "http://127.0.0.1:9"], 3, ""),
+    (["sandbox", "up", "--name", "../etc"], 2, "error: --name '../etc': use 1-31 of a-z 0-9 -"),
+    (["deploy", "--frobnicate"], 2, "error: unrecognized arguments: --frobnicate\n"),
+])
+def test_exit_code_and_message(tmp_path: Path, args: list[str], code: int, message: str) -> None:
+    proc = run(*args, home=tmp_path)
+    assert proc.returncode == code, proc.stderr
+    assert message in proc.stderr
+
+
+def test_unreachable_url_reports_3_and_names_the_url(tmp_path: Path) -> None:
+    proc = run("health", "--url", "http://127.0.0.1:9", "--json", home=tmp_path)
+    assert proc.returncode == 3
+    report = yaml.safe_load(proc.stdout)["http://127.0.0.1:9"]
+    assert report["unreachable"] is True and report["healthy"] is False
+
+
+def test_config_file_with_unknown_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.yml"
+    config.write_text("port: 5000\nprot: 5001\n")
+    proc = run("deploy", "--host", "vm1", "--config", str(config), home=tmp_path)
+    assert proc.returncode == 2
+    assert f"error: --config {config}: unknown key 'prot'; valid keys:" in proc.stderr
+
+
+def test_render_prints_both_files_and_writes_them(tmp_path: Path) -> None:
+    proc = run("render", "--port", "5050", home=tmp_path)
+    assert proc.returncode == 0
+    assert "# ---- mlflow.service ----" in proc.stdout and 'MLFLOW_PORT="5050"' in proc.stdout
+    out = tmp_path / "out"
+    proc = run("render", "--output-dir", str(out), home=tmp_path)
+    assert proc.returncode == 0
+    assert (out / "mlflow.env").stat().st_mode & 0o777 == 0o600
+    assert (out / "mlflow.service").read_text().startswith("# Managed by mlops-provision")
+
+
+def test_every_option_is_a_flag_of_deploy_and_render() -> None:
+    parser = build_parser()
+    for command in ("deploy", "render"):
+        ns = parser.parse_args([command])
+        for opt in OPTIONS:
+            assert hasattr(ns, opt.key), (command, opt.flag)
+
+
+def test_argument_specs_mirror_defaults_key_for_key() -> None:
+    role = ROOT / "roles" / "mlflow_server"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    assert list(specs) == list(defaults)
+    for key, value in defaults.items():
+        assert specs[key]["default"] == value, key
+
+
+def test_every_option_maps_to_a_role_variable() -> None:
+    defaults = yaml.safe_load((ROOT / "roles/mlflow_server/defaults/main.yml").read_text())
+    for opt in OPTIONS:
+        assert opt.var in defaults, opt.var

@@ -1,0 +1,40 @@
+"""`pip install .` (not only editable) carries playbooks, roles and templates inside the wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def test_wheel_carries_playbooks_roles_templates_and_renders_from_them(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("mlops_provision-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in ("mlops_provision/cli.py", "mlops_provision/playbooks/deploy.yml",
+                     "mlops_provision/playbooks/destroy.yml",
+                     "mlops_provision/roles/mlflow_server/tasks/main.yml",
+                     "mlops_provision/roles/mlflow_server/tasks/install/wheelhouse.yml",
+                     "mlops_provision/roles/mlflow_server/tasks/firewall/nftables.yml",
+                     "mlops_provision/roles/mlflow_server/meta/argument_specs.yml",
+                     "mlops_provision/roles/mlflow_server/files/build_wheelhouse.py",
+                     "mlops_provision/templates/mlflow.service.j2", "mlops_provision/templates/mlflow.env.j2",
+                     "mlops_provision/sandbox/containers.conf"):
+        assert required in names, required
+    role_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "roles").rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts}
+    assert {"mlops_provision/" + f for f in role_files} <= names  # nothing of the role left behind
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = ("from mlops_provision import paths; from mlops_provision.cli import main; "
+            "print(paths.resource_root()); main(['render', '--port', '5123'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={"PYTHONPATH": str(site), "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == str(site / "mlops_provision")
+    assert 'MLFLOW_PORT="5123"' in proc.stdout

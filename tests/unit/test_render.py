@@ -1,0 +1,101 @@
+"""Renders of the unit and env file for every option combination, checked by systemd itself."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mlops_provision.render import render_files
+from mlops_provision.spec import build_spec
+
+BACKENDS = ["sqlite:////var/lib/mlflow/mlflow.db", "postgresql://mlflow:s3cr3t-pw@db.example:5432/mlflow"]
+ARTIFACTS = [
+    {},  # served from /var/lib/mlflow/artifacts
+    {"artifacts_destination": "s3://bucket1/mlflow"},
+    {"serve_artifacts": False, "default_artifact_root": "wasbs://mlflow@acct1.blob.core.windows.net/a"},
+]
+PORTS = ["5000", "443"]
+REGISTRY = [None, "sqlite:////var/lib/mlflow/registry.db"]
+COMBOS = list(itertools.product(BACKENDS, ARTIFACTS, PORTS, REGISTRY))
+
+
+def _env_lines(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            assert value.startswith('"') and value.endswith('"'), line
+            out[name] = value[1:-1]
+    return out
+
+
+@pytest.mark.parametrize(("backend", "artifacts", "port", "registry"), COMBOS)
+def test_every_combination_renders_and_systemd_accepts_the_unit(
+        tmp_path: Path, backend: str, artifacts: dict[str, object], port: str, registry: str | None) -> None:
+    install_dir = tmp_path / "opt"
+    exe = install_dir / "current" / "bin" / "mlflow"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    spec = build_spec({"backend_store_uri": backend, "port": port, "registry_store_uri": registry, **artifacts},
+                      environ={})
+    spec.defaults["mlflow_install_dir"] = str(install_dir)  # so systemd-analyze finds ExecStart
+    files = render_files(spec, mask_secrets=False)
+    unit = tmp_path / "mlflow.service"
+    unit.write_text(files["mlflow.service"])
+
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr  # warnings count as failures
+
+    env = _env_lines(files["mlflow.env"])
+    assert env["MLFLOW_PORT"] == port
+    expected_backend = backend.replace("postgresql://", "postgresql+psycopg2://")
+    assert env["MLFLOW_BACKEND_STORE_URI"] == expected_backend
+    assert ("MLFLOW_REGISTRY_STORE_URI" in env) == bool(registry)
+    serve = artifacts.get("serve_artifacts", True)
+    assert env["MLFLOW_SERVE_ARTIFACTS"] == ("true" if serve else "false")
+    if serve:
+        assert env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] == "mlflow-artifacts:/"
+        assert env["MLFLOW_ARTIFACTS_DESTINATION"] == artifacts.get("artifacts_destination",
+                                                                      "/var/lib/mlflow/artifacts")
+    else:
+        assert env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] == artifacts["default_artifact_root"]
+        assert "MLFLOW_ARTIFACTS_DESTINATION" not in env
+    # No value, and so no secret, is on the command line.
+    assert "ExecStart=" + str(install_dir) + "/current/bin/mlflow server\n" in files["mlflow.service"]
+    privileged = int(port) < 1024
+    assert ("AmbientCapabilities=CAP_NET_BIND_SERVICE" in files["mlflow.service"]) == privileged
+
+
+def test_secrets_are_masked_in_render_output() -> None:
+    spec = build_spec({"backend_store_uri": BACKENDS[1]}, environ={})
+    files = render_files(spec)
+    assert "s3cr3t-pw" not in files["mlflow.env"]
+    assert 'MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://mlflow:********@db.example:5432/mlflow"' \
+        in files["mlflow.env"]
+
+
+def test_quotes_and_dollars_are_escaped_for_systemd() -> None:
+    spec = build_spec({"backend_store_uri": 'postgresql://u:p"$HOME`x\\y@db:5432/mlflow'}, environ={})
+    env = render_files(spec, mask_secrets=False)["mlflow.env"]
+    assert 'MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://u:p\\"\\$HOME\\`x\\\\y@db:5432/mlflow"\n' in env
+
+
+def test_hardening_directives_present() -> None:
+    unit = render_files(build_spec({}, environ={}))["mlflow.service"]
+    for directive in ("User=mlflow", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
+                      "SystemCallFilter=@system-service", "SystemCallErrorNumber=EPERM", "CapabilityBoundingSet=\n",
+                      "Restart=on-failure", "KillMode=control-group", "StateDirectory=mlflow",
+                      "EnvironmentFile=/etc/mlflow/mlflow.env"):
+        assert directive in unit, directive
+
+
+def test_systemd_analyze_catches_a_broken_unit(tmp_path: Path) -> None:
+    """The check above can fail: a misspelt directive is reported on stderr."""
+    unit = tmp_path / "broken.service"
+    unit.write_text(render_files(build_spec({}, environ={}))["mlflow.service"].replace("Restart=", "Restartt="))
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert "Unknown key 'Restartt'" in proc.stderr

@@ -1,0 +1,128 @@
+"""The typed spec: every bad value is refused with a message naming the flag or key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mlops_provision.errors import UsageError
+from mlops_provision.spec import build_spec
+
+BAD_FLAGS = [
+    ({"port": "70000"}, "--port: 70000 is not a TCP port; valid: 1-65535"),
+    ({"port": "0"}, "--port: 0 is not a TCP port; valid: 1-65535"),
+    ({"port": "50x"}, "--port: expected a whole number, got '50x'"),
+    ({"workers": "0"}, "--workers: 0 workers is out of range; valid: 1-64"),
+    ({"backend_store_uri": "mysql:/oops"}, "--backend-store-uri: 'mysql:/oops' is not supported; valid: "
+     "sqlite:////var/lib/mlflow/mlflow.db (absolute, four slashes, under /var/lib/mlflow) or "
+     "postgresql://USER:PASSWORD@HOST:5432/DATABASE"),
+    ({"backend_store_uri": "sqlite:///mlflow.db"}, "--backend-store-uri: 'sqlite:///mlflow.db' is not an "
+     "absolute SQLite URI"),
+    ({"backend_store_uri": "sqlite:////etc/mlflow.db"}, "--backend-store-uri: '/etc/mlflow.db' must be a path "
+     "inside /var/lib/mlflow"),
+    ({"backend_store_uri": "sqlite:////var/lib/mlflow/../../etc/x.db"}, "must be a path inside /var/lib/mlflow"),
+    ({"backend_store_uri": "postgres://u:p@db/mlflow"}, "--backend-store-uri: use postgresql:// instead of "
+     "postgres://"),
+    ({"backend_store_uri": "postgresql://u:secret@db:99999/mlflow"}, "--backend-store-uri: the port in "
+     "'postgresql://u:***@db:99999/mlflow' is not a number 1-65535"),
+    ({"backend_store_uri": "postgresql://u:secret@db:5432/"}, "needs a host and a database"),
+    ({"default_artifact_root": "ftp://x"}, "--default-artifact-root: 'ftp://x' is not a supported artifact "
+     "location"),
+    ({"artifacts_destination": "s3://"}, "--artifacts-destination: 's3://' has no valid bucket name"),
+    ({"artifacts_destination": "wasbs://nocontainer"}, "--artifacts-destination: 'wasbs://nocontainer' must "
+     "look like wasbs://CONTAINER@ACCOUNT.blob.core.windows.net/path"),
+    ({"artifacts_destination": "gs:/x"}, "--artifacts-destination: 'gs:/x' is not a supported artifact location"),
+    ({"artifacts_destination": "relative/dir"}, "--artifacts-destination: 'relative/dir' is not a supported"),
+    ({"artifacts_destination": "/srv/artifacts"}, "--artifacts-destination: '/srv/artifacts' must be a path "
+     "inside /var/lib/mlflow"),
+    ({"bind_address": "0.0.0.0; rm -rf /"}, "--bind-address: '0.0.0.0; rm -rf /' is not an IP address"),
+    ({"allowed_hosts": "ok.example,bad host"}, "--allowed-hosts: 'bad host' is not a host name or pattern"),
+    ({"cors_allowed_origins": "app.example"}, "--cors-allowed-origins: 'app.example' is not an origin"),
+    ({"mlflow_version": "latest"}, "--mlflow-version: 'latest' is not a release number; e.g. 3.17.2"),
+    ({"mlflow_version": "3.1.0"}, "--mlflow-version: MLflow 3.1.0 has known server vulnerabilities; use "
+     "3.14.0 or newer, or pass --allow-insecure-version"),
+    ({"install_method": "conda"}, "--install-method: 'conda' is not valid; choose one of: wheelhouse, index"),
+    ({"pip_index_url": "https://pypi.example/simple"}, "--pip-index-url: only applies with --install-method index"),
+    ({"install_method": "index", "pip_ca_bundle": "certs/ca.pem"}, "--pip-ca-bundle: 'certs/ca.pem' must be an "
+     "absolute path on the host"),
+    ({"default_artifact_root": "mlflow-artifacts:/", "serve_artifacts": False},
+     "--default-artifact-root: mlflow-artifacts:/ needs --serve-artifacts"),
+    ({"backend_store_uri": "sqlite:////var/lib/mlflow/a.db\nExecStartPre=/bin/sh"},
+     "--backend-store-uri: contains a newline or control character; values must be one line"),
+    ({"allowed_hosts": "a.example\rb"}, "--allowed-hosts: contains a newline or control character"),
+    ({"artifacts_destination": "/var/lib/mlflow/" + "a" * 3000}, "--artifacts-destination: longer than 2048"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD_FLAGS, ids=[str(f) for f, _ in BAD_FLAGS])
+def test_bad_flag_is_refused_with_its_name(flags: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError) as err:
+        build_spec(flags, environ={})
+    assert message in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_password_never_in_error_messages() -> None:
+    with pytest.raises(UsageError) as err:
+        build_spec({"backend_store_uri": "postgresql://u:hunter22@db:notaport/mlflow"}, environ={})
+    assert "hunter22" not in str(err.value)
+
+
+def test_good_values_become_role_variables() -> None:
+    spec = build_spec({"port": "5001", "workers": "2", "serve_artifacts": False,
+                       "default_artifact_root": "s3://bucket/prefix", "allowed_hosts": "a.example, a.example:*",
+                       "backend_store_uri": "postgresql://mlflow:pw@db.example:5432/mlflow"}, environ={})
+    assert spec.explicit == {
+        "mlflow_port": 5001, "mlflow_workers": 2, "mlflow_serve_artifacts": False,
+        "mlflow_default_artifact_root": "s3://bucket/prefix", "mlflow_allowed_hosts": ["a.example", "a.example:*"],
+        "mlflow_backend_store_uri": "postgresql://mlflow:pw@db.example:5432/mlflow",
+    }
+    assert spec.secrets() == ["pw"]
+
+
+def test_only_explicit_values_are_passed_so_inventory_variables_still_apply() -> None:
+    assert build_spec({}, environ={}).explicit == {}
+
+
+def test_backend_uri_from_controller_environment() -> None:
+    env = {"MLFLOW_BACKEND_STORE_URI": "postgresql://u:envpw@db:5432/mlflow"}
+    assert build_spec({}, environ=env).explicit["mlflow_backend_store_uri"] == env["MLFLOW_BACKEND_STORE_URI"]
+    with pytest.raises(UsageError, match=r"^MLFLOW_BACKEND_STORE_URI \(environment\): 'mysql://x' is not"):
+        build_spec({}, environ={"MLFLOW_BACKEND_STORE_URI": "mysql://x"})
+
+
+def test_flag_beats_config_file_beats_default(tmp_path: Path) -> None:
+    config = tmp_path / "mlflow.yml"
+    config.write_text("port: 5005\nworkers: 3\nserve-artifacts: false\ndefault_artifact_root: s3://bucket1/p\n")
+    spec = build_spec({"port": "5006"}, str(config), environ={})
+    assert spec.effective["mlflow_port"] == 5006
+    assert spec.effective["mlflow_workers"] == 3
+    assert spec.effective["mlflow_serve_artifacts"] is False
+    assert spec.effective["mlflow_bind_address"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("port: 5000\nfoo: 1\n", "unknown key 'foo'; valid keys: allow_insecure_version, allowed_hosts"),
+    ("port: [1, 2]\n", "port in {path}: expected a whole number, got [1, 2]"),
+    ("serve_artifacts: 'yes please'\n", "serve_artifacts in {path}: expected true or false"),
+    ("- port\n", "--config {path}: must be a mapping of option: value"),
+    ("port: 5000\n  bad: indent\n", "--config {path}: not valid YAML"),
+    ("workers: 99\n", "workers in {path}: 99 workers is out of range; valid: 1-64"),
+])
+def test_bad_config_file(tmp_path: Path, content: str, message: str) -> None:
+    config = tmp_path / "c.yml"
+    config.write_text(content)
+    with pytest.raises(UsageError) as err:
+        build_spec({}, str(config), environ={})
+    assert message.format(path=config) in str(err.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="c.yml: file not found"):
+        build_spec({}, str(tmp_path / "c.yml"), environ={})
+
+
+def test_insecure_version_allowed_when_asked() -> None:
+    spec = build_spec({"mlflow_version": "3.1.0", "allow_insecure_version": True}, environ={})
+    assert spec.explicit["mlflow_version"] == "3.1.0"
