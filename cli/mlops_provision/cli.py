@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from mlops_provision import __version__
 from mlops_provision.options import OPTIONS
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)

@@ -6,11 +6,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlops_provision import paths
 from mlops_provision.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, UsageError
 from mlops_provision.options import OPTIONS
+
+if TYPE_CHECKING:  # the real imports happen inside handlers, keeping --help fast
+    from mlops_provision.runner import RunResult
+    from mlops_provision.spec import DeploySpec
+    from mlops_provision.targets import Targets
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -20,7 +25,7 @@ def dispatch(args: argparse.Namespace) -> int:
     return handler(args)
 
 
-def _spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _spec(args: argparse.Namespace) -> DeploySpec:
     from mlops_provision.spec import build_spec
 
     flags = {opt.key: getattr(args, opt.key, None) for opt in OPTIONS}
@@ -28,7 +33,7 @@ def _spec(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return build_spec(flags, args.config)
 
 
-def _exit_code(result: Any) -> int:
+def _exit_code(result: RunResult) -> int:
     hosts = result.hosts.values()
     if hosts and all(h.validation_failed for h in hosts if h.failed) and any(h.failed for h in hosts):
         return EXIT_USAGE
@@ -39,8 +44,8 @@ def _exit_code(result: Any) -> int:
     return EXIT_FAILED if result.rc != 0 else EXIT_OK
 
 
-def _run(action: str, args: argparse.Namespace, targets: Any, extravars: dict[str, Any],
-         secrets: list[str]):  # type: ignore[no-untyped-def]
+def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dict[str, Any],
+         secrets: list[str]) -> RunResult:
     from mlops_provision import runner
 
     request = runner.RunRequest(

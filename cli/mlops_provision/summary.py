@@ -36,9 +36,9 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
                 ms = next((c.ms for c in rep.checks if c.name == "health"), 0.0)
                 health_text = f"OK ({ms:.0f} ms from this machine)"
             else:
-                bad = next((c for c in rep.checks if not c.ok), None)
-                health_text = ("not reachable from this machine (it answered on the host itself): "
-                               + (bad.detail if bad else "")) if rep.unreachable else f"FAILING: {bad.detail if bad else ''}"
+                bad = next((c.detail for c in rep.checks if not c.ok), "")
+                health_text = (f"not reachable from this machine (it answered on the host itself): {bad}"
+                               if rep.unreachable else f"FAILING: {bad}")
             lines += [
                 f"  URL        {url}",
                 f"  MLflow     {dep.get('version', '?')}",

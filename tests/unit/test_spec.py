@@ -119,7 +119,7 @@ def test_bad_config_file(tmp_path: Path, content: str, message: str) -> None:
 
 
 def test_missing_config_file(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="c.yml: file not found"):
+    with pytest.raises(UsageError, match=r"c\.yml: file not found"):
         build_spec({}, str(tmp_path / "c.yml"), environ={})
 
 
