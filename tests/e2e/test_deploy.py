@@ -1,0 +1,225 @@
+"""End to end over real SSH: sandbox VM -> deploy -> the real mlflow client -> health -> redeploy
+-> render equality -> bad input leaves the host untouched -> destroy.
+
+The tests in this module run in order against one sandbox per distro and build on each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI
+
+pytestmark = pytest.mark.e2e
+
+
+def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+class VM:
+    def __init__(self, name: str, distro: str) -> None:
+        self.name, self.distro = name, distro
+        self.container = f"mlops-sandbox-{name}"
+        self.url = ""
+
+    def sh(self, command: str, check: bool = True) -> str:
+        proc = subprocess.run(["podman", "exec", self.container, "sh", "-c", command],
+                              capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{command!r} failed: {proc.stderr}")
+        return proc.stdout
+
+    def main_pid(self) -> str:
+        return self.sh("systemctl show -p MainPID --value mlflow.service").strip()
+
+    def digest(self, path: str) -> str:
+        return self.sh(f"sha256sum {path}").split()[0]
+
+
+@pytest.fixture(scope="module", params=["debian12", "debian13"])
+def vm(request: pytest.FixtureRequest) -> Iterator[VM]:
+    box = VM(f"e2e-{request.param}", request.param)
+    up = cli("sandbox", "up", "--name", box.name, "--distro", box.distro)
+    assert up.returncode == 0, up.stderr
+    box.url = re.search(r"published at (http://127\.0\.0\.1:\d+)", up.stdout).group(1)  # type: ignore[union-attr]
+    yield box
+    cli("sandbox", "down", "--name", box.name)
+
+
+def test_deploy_prints_a_summary_and_the_server_answers(vm: VM) -> None:
+    proc = cli("deploy", "--host", vm.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert f"{vm.name}: deployed" in out
+    assert f"URL        {vm.url}" in out
+    assert "MLflow     3.17.2" in out
+    assert "backend    sqlite:////var/lib/mlflow/mlflow.db" in out
+    assert "artifacts  /var/lib/mlflow/artifacts (served by the server)" in out
+    assert "health     OK" in out
+    assert f"export MLFLOW_TRACKING_URI={vm.url}" in out
+    assert "failed=0" in out
+    run_log = Path(re.search(r"full log: (\S+)", out).group(1))  # type: ignore[union-attr]
+    assert "PLAY RECAP" in run_log.read_text()
+    assert vm.sh("systemctl is-active mlflow.service").strip() == "active"
+    assert vm.sh("systemctl is-enabled mlflow.service").strip() == "enabled"
+
+
+def test_real_mlflow_client_logs_and_reads_back_a_run(vm: VM) -> None:
+    code = f"""
+import hashlib, json, os, sys, tempfile, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri({vm.url!r})
+mlflow.set_experiment("e2e")
+blob = os.urandom(256 * 1024)
+with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, "model.bin")
+    open(path, "wb").write(blob)
+    with mlflow.start_run() as run:
+        mlflow.log_param("alpha", "0.5")
+        mlflow.log_metric("rmse", 0.25, step=1)
+        mlflow.log_artifact(path, artifact_path="models")
+    client = MlflowClient()
+    got = client.get_run(run.info.run_id)
+    back = client.download_artifacts(run.info.run_id, "models/model.bin", d + "/out")
+    print(json.dumps({{"params": got.data.params, "metrics": got.data.metrics,
+                      "artifact_uri": got.info.artifact_uri,
+                      "same": hashlib.sha256(open(back, "rb").read()).hexdigest() == hashlib.sha256(blob).hexdigest(),
+                      "run_id": run.info.run_id, "exp": run.info.experiment_id}}))
+"""
+    proc = subprocess.run([os.environ.get("PYTHON", str(Path(CLI).with_name("python"))), "-c", code],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["params"] == {"alpha": "0.5"}
+    assert result["metrics"] == {"rmse": 0.25}
+    assert result["artifact_uri"].startswith("mlflow-artifacts:/")
+    assert result["same"] is True
+    # The artifact really sits in the served destination on the VM.
+    stored = f"/var/lib/mlflow/artifacts/{result['exp']}/{result['run_id']}/artifacts/models/model.bin"
+    assert vm.sh(f"stat -c %s {stored}").strip() == str(256 * 1024)
+
+
+def test_health_deep_round_trip(vm: VM) -> None:
+    proc = cli("health", "--host", vm.name, "--deep", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)[vm.name]
+    assert report["healthy"] is True
+    assert [c["name"] for c in report["checks"]] == ["health", "version", "experiment", "run+metric",
+                                                     "artifact", "cleanup"]
+    assert all(c["ok"] for c in report["checks"])
+
+
+def test_second_deploy_changes_nothing_and_does_not_restart(vm: VM) -> None:
+    pid = vm.main_pid()
+    proc = cli("deploy", "--host", vm.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(rf"{vm.name}: up to date \(no changes\)  \[ok=\d+ changed=0 failed=0 unreachable=0\]",
+                     proc.stdout), proc.stdout
+    assert vm.main_pid() == pid
+
+
+def test_installed_files_equal_the_cli_render_byte_for_byte(vm: VM) -> None:
+    env_on_host = vm.sh("cat /etc/mlflow/mlflow.env")
+    allowed = re.search(r'^MLFLOW_SERVER_ALLOWED_HOSTS="(.*)"$', env_on_host, re.M).group(1)  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory() as out:
+        proc = cli("render", "--allowed-hosts", allowed, "--output-dir", out)
+        assert proc.returncode == 0, proc.stderr
+        assert Path(out, "mlflow.env").read_text() == env_on_host
+        assert Path(out, "mlflow.service").read_text() == vm.sh("cat /etc/systemd/system/mlflow.service")
+    assert f"{vm.name}:*" in allowed.split(",")  # the host's own name, computed on the host
+
+
+def test_unit_properties_and_file_modes_on_the_host(vm: VM) -> None:
+    props = dict(line.split("=", 1) for line in vm.sh(
+        "systemctl show mlflow.service -p User -p NoNewPrivileges -p ProtectSystem -p PrivateTmp "
+        "-p Restart -p KillMode -p StateDirectory -p CapabilityBoundingSet").splitlines())
+    assert props["User"] == "mlflow"
+    assert props["NoNewPrivileges"] == "yes"
+    assert props["ProtectSystem"] == "strict"
+    assert props["PrivateTmp"] == "yes"
+    assert props["Restart"] == "on-failure"
+    assert props["KillMode"] == "control-group"
+    assert props["StateDirectory"] == "mlflow"
+    assert props["CapabilityBoundingSet"] == ""
+    assert vm.sh("stat -c '%U:%G %a' /etc/mlflow/mlflow.env").strip() == "root:mlflow 640"
+    assert vm.sh("stat -c '%U:%G %a' /etc/systemd/system/mlflow.service").strip() == "root:root 644"
+    assert vm.sh(f"ps -o user= -p {vm.main_pid()}").strip() == "mlflow"
+    assert vm.sh("getent passwd mlflow").strip().endswith(":/usr/sbin/nologin")
+
+
+def test_env_file_quoting_survives_systemds_parser(vm: VM) -> None:
+    """A value full of shell and systemd metacharacters arrives in the process unchanged."""
+    nasty = 'p"w$HOME`id`\\n;x=1 \'q\' %h'
+    proc = cli("render", "--backend-store-uri", f"postgresql://u:{nasty}@db:5432/mlflow", "--output-dir",
+               tmp := tempfile.mkdtemp())
+    assert proc.returncode == 0, proc.stderr
+    env_text = Path(tmp, "mlflow.env").read_text().replace("********", nasty)  # render masks the password
+    vm.sh("cat > /tmp/nasty.env <<'EOF'\n" + env_text + "EOF")
+    out = vm.sh("systemd-run --quiet --pipe --wait -p EnvironmentFile=/tmp/nasty.env /usr/bin/env")
+    value = next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("MLFLOW_BACKEND_STORE_URI="))
+    assert value == f"postgresql+psycopg2://u:{nasty}@db:5432/mlflow"
+    assert not any(line.startswith("x=") for line in out.splitlines())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--port", "70000"], "error: --port: 70000 is not a TCP port; valid: 1-65535"),
+    (["--backend-store-uri", "mysql:/oops"], "error: --backend-store-uri: 'mysql:/oops' is not supported"),
+    (["-e", "mlflow_port=70000"], "Invalid role variables. Valid: mlflow_port 1-65535"),
+    (["-e", '{"mlflow_allowed_hosts": ["a\\nExecStartPre=/bin/false"]}'], "no control characters or newlines"),
+])
+def test_bad_input_exits_2_and_leaves_the_host_unchanged(vm: VM, args: list[str], message: str) -> None:
+    before = (vm.main_pid(), vm.digest("/etc/mlflow/mlflow.env"), vm.digest("/etc/systemd/system/mlflow.service"))
+    proc = cli("deploy", "--host", vm.name, *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stdout + proc.stderr
+    after = (vm.main_pid(), vm.digest("/etc/mlflow/mlflow.env"), vm.digest("/etc/systemd/system/mlflow.service"))
+    assert after == before
+
+
+def test_check_mode_reports_but_changes_nothing(vm: VM) -> None:
+    before = vm.digest("/etc/mlflow/mlflow.env")
+    proc = cli("deploy", "--host", vm.name, "--check", "--workers", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "checked (--check: nothing changed)" in proc.stdout
+    assert re.search(r"changed=[1-9]", proc.stdout)
+    assert vm.digest("/etc/mlflow/mlflow.env") == before
+
+
+def test_unreachable_host_exits_3() -> None:
+    proc = cli("deploy", "--host", "127.0.0.1", "-e", "ansible_port=9", "-e", "ansible_user=nobody",
+               timeout=120)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "127.0.0.1: UNREACHABLE" in proc.stdout
+
+
+def test_destroy_removes_service_keeps_data_then_purges(vm: VM) -> None:
+    proc = cli("destroy", "--host", vm.name, "--yes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{vm.name}: removed (data in /var/lib/mlflow kept" in proc.stdout
+    assert vm.sh("systemctl list-unit-files mlflow.service --no-legend", check=False).strip() == ""
+    assert vm.sh("ls /opt/mlflow /etc/mlflow 2>&1 || true").count("No such file") == 2
+    assert vm.sh("test -f /var/lib/mlflow/mlflow.db && echo kept").strip() == "kept"
+    assert vm.sh("pgrep -u mlflow || true").strip() == ""  # no worker left behind
+    proc = cli("destroy", "--host", vm.name, "--yes", "--purge-data")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert vm.sh("test -e /var/lib/mlflow || echo gone").strip() == "gone"
+    assert vm.sh("getent passwd mlflow || echo nouser").strip() == "nouser"
+
+
+def test_run_logs_are_kept_per_run() -> None:
+    state = Path(os.environ.get("MLOPS_PROVISION_HOME", Path.home() / ".local/state/mlops-provision"))
+    runs = sorted((state / "runs").iterdir())
+    assert runs, "no run directory kept"
+    summary = json.loads((runs[-1] / "summary.json").read_text())
+    assert summary["action"] in ("deploy", "destroy")
+    assert (state / "runs").stat().st_mode & 0o077 == 0  # logs are private to the operator
+
