@@ -91,3 +91,10 @@ def test_every_option_maps_to_a_role_variable() -> None:
     defaults = yaml.safe_load((ROOT / "roles/mlflow_server/defaults/main.yml").read_text())
     for opt in OPTIONS:
         assert opt.var in defaults, opt.var
+
+
+def test_readme_documents_every_role_variable_with_its_default() -> None:
+    readme = (ROOT / "README.md").read_text()
+    defaults = yaml.safe_load((ROOT / "roles/mlflow_server/defaults/main.yml").read_text())
+    for key in defaults:
+        assert f"| `{key}` |" in readme, key
