@@ -194,6 +194,18 @@ def test_check_mode_reports_but_changes_nothing(vm: VM) -> None:
     assert vm.digest("/etc/mlflow/mlflow.env") == before
 
 
+def test_server_that_fails_on_the_host_exits_1_with_the_journal_then_recovers(vm: VM) -> None:
+    broken = json.dumps({"mlflow_extra_env": {"MLFLOW_WORKERS": "many"},
+                         "mlflow_health_retries": 5, "mlflow_health_delay": 2})
+    proc = cli("deploy", "--host", vm.name, "-e", broken)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"mlflow.service did not answer http://127.0.0.1:5000/health within 10 s on {vm.name}" in proc.stdout
+    assert "'many' is not a valid integer" in proc.stdout + proc.stderr  # the journal tail names the cause
+    proc = cli("deploy", "--host", vm.name)  # the fixed input recovers, crash-loop limit or not
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "health     OK" in proc.stdout
+
+
 def test_unreachable_host_exits_3() -> None:
     proc = cli("deploy", "--host", "127.0.0.1", "-e", "ansible_port=9", "-e", "ansible_user=nobody",
                timeout=120)
