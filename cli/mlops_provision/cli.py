@@ -47,6 +47,10 @@ def _target_options(parser: argparse.ArgumentParser, ansible: bool = True) -> No
     group.add_argument("--check", action="store_true", help="dry run: report what would change")
     group.add_argument("--diff", action="store_true", help="show file differences")
     group.add_argument("-v", "--verbose", action="count", default=0, help="raw Ansible output (-vv, -vvv: more)")
+    group = parser.add_argument_group("secrets")
+    group.add_argument("--vault-password-file", metavar="FILE",
+                       help="keep generated passwords ansible-vault encrypted (also opens vaulted inventory vars)")
+    group.add_argument("--ask-vault-pass", action="store_true", help="prompt for the vault password")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy = sub.add_parser("deploy", help="install or converge MLflow on hosts")
     _server_options(deploy)
     _target_options(deploy)
+    deploy.add_argument("--force", action="store_true",
+                        help="allow switching an existing server to another backend store")
 
     render = sub.add_parser("render", help="write the unit and env file a deploy would install")
     _server_options(render)

@@ -47,14 +47,19 @@ def _exit_code(result: RunResult) -> int:
 def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dict[str, Any],
          secrets: list[str]) -> RunResult:
     from mlops_provision import runner
+    from mlops_provision.secrets import SecretStore, read_vault_password
 
-    request = runner.RunRequest(
-        action=action, inventories=targets.inventories, generated_inventory=targets.generated,
-        extravars={"mlflow_hosts": targets.pattern, **extravars},
-        passthrough_extravars=args.extra_vars, limit=args.limit, tags=args.tags,
-        check=args.check, diff=args.diff, verbosity=args.verbose, secrets=secrets,
-    )
-    result = runner.run(request)
+    vault_password = read_vault_password(args.vault_password_file, args.ask_vault_pass)
+    store = SecretStore(vault_password)
+    with store.session() as secrets_dir:
+        request = runner.RunRequest(
+            action=action, inventories=targets.inventories, generated_inventory=targets.generated,
+            extravars={"mlflow_hosts": targets.pattern, **extravars},
+            passthrough_extravars=args.extra_vars, limit=args.limit, tags=args.tags,
+            check=args.check, diff=args.diff, verbosity=args.verbose, secrets=secrets,
+            secrets_dir=secrets_dir, vault_password=vault_password,
+        )
+        result = runner.run(request)
     if not result.hosts:
         raise UsageError(f"no host matched {targets.pattern!r}"
                          + (f" with --limit {args.limit}" if args.limit else "")
@@ -72,6 +77,8 @@ def deploy(args: argparse.Namespace) -> int:
     resolved = targets.resolve(hosts, inventories)
     extravars = dict(spec.explicit)
     extravars["mlflow_wheelhouse_cache_dir"] = str(paths.cache_dir() / "wheelhouse")
+    if args.force:
+        extravars["mlflow_force"] = True
     result = _run("deploy", args, resolved, extravars, spec.secrets())
 
     urls: dict[str, str] = {}

@@ -162,8 +162,12 @@ def check_abs_path(label: str, value: str, values: Mapping[str, Any]) -> None:
 
 
 OPTIONS: tuple[Option, ...] = (
+    Option("backend", "mlflow_backend", "choice",
+           "sqlite (default: a file on the host) or postgresql (installed and managed by this tool)",
+           choices=("sqlite", "postgresql")),
     Option("backend-store-uri", "mlflow_backend_store_uri", "str",
-           "tracking store URI (default sqlite:////var/lib/mlflow/mlflow.db)", check_backend_uri,
+           "an existing database instead, e.g. postgresql://USER:PASS@HOST:5432/DB "
+           "(or the controller's MLFLOW_BACKEND_STORE_URI)", check_backend_uri,
            env="MLFLOW_BACKEND_STORE_URI"),
     Option("registry-store-uri", "mlflow_registry_store_uri", "str",
            "model registry store URI (default: the tracking store)", check_backend_uri),

@@ -31,8 +31,9 @@ def templates_dir() -> Path:
     return resource_root() / "templates"
 
 
-def role_defaults() -> Path:
-    return roles_dir() / "mlflow_server" / "defaults" / "main.yml"
+def role_defaults() -> list[Path]:
+    """Defaults files the server role sees: its own and those of role mlflow_common."""
+    return [roles_dir() / role / "defaults" / "main.yml" for role in ("mlflow_common", "mlflow_server")]
 
 
 def state_dir() -> Path:

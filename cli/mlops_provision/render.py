@@ -30,9 +30,25 @@ def _environment() -> jinja2.Environment:
     )
 
 
+def backend_uri(values: dict[str, Any]) -> str:
+    """The backend store URI, derived as the role derives _mlflow_backend_uri (vars/main.yml).
+
+    A project-managed PostgreSQL's password is generated on the control node at deploy time,
+    so it always shows masked here.
+    """
+    if values["mlflow_backend_store_uri"]:
+        return str(values["mlflow_backend_store_uri"])
+    if values["mlflow_backend"] == "postgresql":
+        host = values["mlflow_postgresql_host"] or "127.0.0.1"
+        return (f"postgresql://{values['mlflow_postgresql_user']}:{MASK}@{host}:"
+                f"{values['mlflow_postgresql_port']}/{values['mlflow_postgresql_database']}")
+    return f"sqlite:///{values['mlflow_data_dir']}/mlflow.db"
+
+
 def render_files(spec: DeploySpec, *, mask_secrets: bool = True) -> dict[str, str]:
     variables: dict[str, Any] = dict(spec.effective)
     variables["_mlflow_allowed_hosts"] = variables["mlflow_allowed_hosts"] or LOCAL_ONLY_HOSTS
+    variables["_mlflow_backend_uri"] = backend_uri(variables)
     env = _environment()
     out = {name: env.get_template(tpl).render(variables) for name, tpl in TEMPLATES.items()}
     if mask_secrets:

@@ -27,7 +27,7 @@ from mlops_provision.redact import Redactor
 
 KEEP_RUNS = 50
 # Tasks whose failure means bad input, not a broken host: exit 2 like the CLI's own checks.
-VALIDATION_TASKS = ("Validating arguments against arg spec", "Preflight | Validate variables")
+VALIDATION_TASKS = ("Validating arguments against arg spec", "Preflight | Validate", "PostgreSQL | Validate")
 
 
 @dataclass
@@ -73,6 +73,8 @@ class RunRequest:
     diff: bool = False
     verbosity: int = 0
     secrets: list[str] = field(default_factory=list)
+    secrets_dir: Path | None = None  # mlflow_secrets_dir: generated passwords, redacted from logs
+    vault_password: bytes | None = None
 
 
 def ansible_env() -> dict[str, str]:
@@ -106,8 +108,17 @@ def _new_run_dir(action: str) -> Path:
     return run_dir
 
 
-def _cmdline(req: RunRequest, vars_file: Path) -> list[str]:
+def _secret_values(directory: Path | None) -> list[str]:
+    """Values of the password lookup files ('value[ salt=...]') in the secrets directory."""
+    if directory is None or not directory.is_dir():
+        return []
+    return [p.read_text().split(" salt=")[0].strip() for p in directory.iterdir() if p.is_file()]
+
+
+def _cmdline(req: RunRequest, vars_file: Path, vault_file: Path | None) -> list[str]:
     args = ["-e", f"@{vars_file}"]
+    if vault_file is not None:
+        args += ["--vault-password-file", str(vault_file)]
     for extra in req.passthrough_extravars:
         args += ["-e", extra]
     if req.limit:
@@ -160,7 +171,7 @@ def _remember_task_count(action: str, count: int) -> None:
 def run(req: RunRequest) -> RunResult:
     import ansible_runner  # slow import: only when a playbook actually runs
 
-    redact = Redactor(req.secrets)
+    redact = Redactor(req.secrets + _secret_values(req.secrets_dir))
     run_dir = _new_run_dir(req.action)
     progress = Progress(redact, quiet=req.verbosity > 0)
     hosts: dict[str, HostResult] = {}
@@ -171,15 +182,20 @@ def run(req: RunRequest) -> RunResult:
     with tempfile.TemporaryDirectory(prefix="mlops-provision-") as private:
         private_dir = Path(private)
         vars_file = private_dir / "mlops-vars.yml"
-        fd = os.open(vars_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            yaml.safe_dump(req.extravars, fh)
+        extravars = dict(req.extravars)
+        if req.secrets_dir is not None:
+            extravars["mlflow_secrets_dir"] = str(req.secrets_dir)
+        _write_private(vars_file, yaml.safe_dump(extravars).encode())
+        vault_file = None
+        if req.vault_password is not None:
+            vault_file = private_dir / "vault-password"
+            _write_private(vault_file, req.vault_password)
         inventories = list(req.inventories)
         if req.generated_inventory:
             generated = private_dir / "generated-inventory.yml"
             generated.write_text(yaml.safe_dump(req.generated_inventory))
             inventories.insert(0, generated)
-        cmdline = _cmdline(req, vars_file)
+        cmdline = _cmdline(req, vars_file, vault_file)
         counter = threading.Thread(target=_count_tasks, daemon=True,
                                    args=(playbook, inventories, cmdline, env, progress))
         counter.start()
@@ -200,6 +216,7 @@ def run(req: RunRequest) -> RunResult:
             suppress_env_files=True,
         )
         progress.finish()
+        redact = Redactor(req.secrets + _secret_values(req.secrets_dir))  # with passwords made in this run
         stdout = result.stdout.read() if result.stdout else ""
         (run_dir / "ansible.log").write_text(redact(stdout))
         (run_dir / "command").write_text(redact(shlex.join(["ansible-playbook", str(playbook), *cmdline])) + "\n")
@@ -212,6 +229,12 @@ def run(req: RunRequest) -> RunResult:
                "hosts": {name: asdict(h) for name, h in hosts.items()}}
     (run_dir / "summary.json").write_text(redact(json.dumps(summary, indent=2)) + "\n")
     return outcome
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 def _collect(event: dict[str, Any], hosts: dict[str, HostResult]) -> None:

@@ -52,9 +52,13 @@ class DeploySpec:
 
 
 def load_defaults() -> dict[str, Any]:
-    with open(paths.role_defaults(), encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
-    return dict(data)
+    """Role defaults as plain values; templated ones (a password lookup) are left out."""
+    out: dict[str, Any] = {}
+    for path in paths.role_defaults():
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+        out.update({k: v for k, v in data.items() if not (isinstance(v, str) and "{{" in v)})
+    return out
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -144,6 +148,11 @@ def build_spec(flags: Mapping[str, Any], config_path: str | None = None,
 
 def _check_combination(spec: DeploySpec, labels: Mapping[str, str]) -> None:
     eff = spec.effective
+    uri = str(spec.explicit.get("mlflow_backend_store_uri") or "")
+    backend = spec.explicit.get("mlflow_backend")
+    if uri and backend and not uri.startswith(backend):
+        raise UsageError(f"{labels['mlflow_backend']}: {backend} contradicts {labels['mlflow_backend_store_uri']} "
+                         f"({uri.split(':', 1)[0]}); give one of them")
     root = str(eff.get("mlflow_default_artifact_root") or "")
     if root.startswith("mlflow-artifacts:") and not eff.get("mlflow_serve_artifacts"):
         raise UsageError(

@@ -38,3 +38,11 @@ def test_wheel_carries_playbooks_roles_templates_and_renders_from_them(tmp_path:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == str(site / "mlops_provision")
     assert 'MLFLOW_PORT="5123"' in proc.stdout
+
+
+def test_molecule_uses_the_current_sandbox_images() -> None:
+    from mlops_provision.sandbox.image import DISTROS, image_name
+
+    scenario = (ROOT / "molecule" / "default" / "molecule.yml").read_text()
+    for distro in DISTROS:
+        assert f"image: {image_name(distro)}\n" in scenario, distro

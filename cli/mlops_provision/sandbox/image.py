@@ -18,7 +18,7 @@ from mlops_provision.errors import UsageError
 from mlops_provision.paths import cache_dir
 from mlops_provision.sandbox.podman import podman
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 DISTROS = {"debian12": "bookworm", "debian13": "trixie"}
 MIRROR = os.environ.get("MLOPS_PROVISION_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = [
@@ -55,7 +55,8 @@ for unit in getty@tty1.service console-getty.service systemd-udevd.service \
     systemd-udev-trigger.service systemd-firstboot.service; do
   ln -sf /dev/null /etc/systemd/system/$unit
 done
-echo 'deb {MIRROR} $(. /etc/os-release; echo $VERSION_CODENAME) main' > /etc/apt/sources.list
+codename=$(. /etc/os-release; echo "$VERSION_CODENAME")
+printf 'deb {MIRROR} %s main\ndeb {MIRROR} %s-updates main\n' "$codename" "$codename" > /etc/apt/sources.list
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 """
