@@ -17,42 +17,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI
+from tests.e2e.conftest import VM, cli
 
 pytestmark = pytest.mark.e2e
 
 
-def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
-
-
-class VM:
-    def __init__(self, name: str, distro: str) -> None:
-        self.name, self.distro = name, distro
-        self.container = f"mlops-sandbox-{name}"
-        self.url = ""
-
-    def sh(self, command: str, check: bool = True) -> str:
-        proc = subprocess.run(["podman", "exec", self.container, "sh", "-c", command],
-                              capture_output=True, text=True, timeout=120)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{command!r} failed: {proc.stderr}")
-        return proc.stdout
-
-    def main_pid(self) -> str:
-        return self.sh("systemctl show -p MainPID --value mlflow.service").strip()
-
-    def digest(self, path: str) -> str:
-        return self.sh(f"sha256sum {path}").split()[0]
-
-
 @pytest.fixture(scope="module", params=["debian12", "debian13"])
 def vm(request: pytest.FixtureRequest) -> Iterator[VM]:
-    box = VM(f"e2e-{request.param}", request.param)
-    up = cli("sandbox", "up", "--name", box.name, "--distro", box.distro)
-    assert up.returncode == 0, up.stderr
-    box.url = re.search(r"published at (http://127\.0\.0\.1:\d+)", up.stdout).group(1)  # type: ignore[union-attr]
-    yield box
-    cli("sandbox", "down", "--name", box.name)
+    yield from VM.up(f"e2e-{request.param}", request.param)
 
 
 def test_deploy_prints_a_summary_and_the_server_answers(vm: VM) -> None:

@@ -39,7 +39,9 @@ def main() -> int:
         out["ok"] = True
     except Exception as exc:  # noqa: BLE001 - the reason goes to the operator verbatim
         reason = getattr(exc, "orig", None) or exc
-        out["error"] = " ".join(str(reason).split())[:400]
+        # libpq repeats the same failure for each attempt (SSL, then plain): say it once.
+        lines = [" ".join(line.split()) for line in str(reason).splitlines() if line.strip()]
+        out["error"] = " ".join(dict.fromkeys(lines))[:400]
     json.dump(out, sys.stdout)
     return 0
 

@@ -1,0 +1,61 @@
+"""Shared pieces of the end-to-end tests: the CLI as a subprocess and sandbox VMs.
+
+The tests keep their own state directory (sandbox records, run logs, generated secrets), so
+they neither see nor change an operator's; the wheelhouse cache stays shared.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator
+
+from tests.conftest import CLI
+
+os.environ["MLOPS_PROVISION_HOME"] = tempfile.mkdtemp(prefix="mlops-e2e-state-")
+
+
+def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+class VM:
+    def __init__(self, name: str, distro: str) -> None:
+        self.name, self.distro = name, distro
+        self.container = f"mlops-sandbox-{name}"
+        self.url = ""
+
+    def sh(self, command: str, check: bool = True) -> str:
+        proc = subprocess.run(["podman", "exec", self.container, "sh", "-c", command],
+                              capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{command!r} failed: {proc.stderr}")
+        return proc.stdout
+
+    def main_pid(self) -> str:
+        return self.sh("systemctl show -p MainPID --value mlflow.service").strip()
+
+    def digest(self, path: str) -> str:
+        return self.sh(f"sha256sum {path}").split()[0]
+
+    @classmethod
+    def up(cls, name: str, distro: str = "debian12") -> Iterator[VM]:
+        box = cls(name, distro)
+        proc = cli("sandbox", "up", "--name", name, "--distro", distro)
+        assert proc.returncode == 0, proc.stderr
+        box.url = re.search(r"published at (http://127\.0\.0\.1:\d+)", proc.stdout).group(1)  # type: ignore[union-attr]
+        yield box
+        cli("sandbox", "down", "--name", name)
+
+
+def mlflow_client(code: str) -> dict[str, object]:
+    """Run code with the real mlflow client in the test venv; it prints one JSON line last."""
+    import json
+    from pathlib import Path
+
+    proc = subprocess.run([str(Path(CLI).with_name("python")), "-c", code],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
