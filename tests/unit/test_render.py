@@ -99,3 +99,12 @@ def test_systemd_analyze_catches_a_broken_unit(tmp_path: Path) -> None:
     unit.write_text(render_files(build_spec({}, environ={}))["mlflow.service"].replace("Restart=", "Restartt="))
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert "Unknown key 'Restartt'" in proc.stderr
+
+
+def test_managed_postgresql_renders_a_masked_uri_and_pool_settings() -> None:
+    env = render_files(build_spec({"backend": "postgresql"}, environ={}))["mlflow.env"]
+    assert 'MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://mlflow:********@127.0.0.1:5432/mlflow"\n' in env
+    assert 'MLFLOW_SQLALCHEMYSTORE_POOL_SIZE="5"\nMLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW="5"\n' in env
+    sqlite_env = render_files(build_spec({}, environ={}))["mlflow.env"]
+    assert "POOL_SIZE" not in sqlite_env
+    assert 'MLFLOW_BACKEND_STORE_URI="sqlite:////var/lib/mlflow/mlflow.db"\n' in sqlite_env

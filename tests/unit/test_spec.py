@@ -42,6 +42,9 @@ BAD_FLAGS = [
     ({"mlflow_version": "latest"}, "--mlflow-version: 'latest' is not a release number; e.g. 3.17.2"),
     ({"mlflow_version": "3.1.0"}, "--mlflow-version: MLflow 3.1.0 has known server vulnerabilities; use "
      "3.14.0 or newer, or pass --allow-insecure-version"),
+    ({"backend": "mysql"}, "--backend: 'mysql' is not valid; choose one of: sqlite, postgresql"),
+    ({"backend": "sqlite", "backend_store_uri": "postgresql://u:p@db:5432/mlflow"},
+     "--backend: sqlite contradicts --backend-store-uri (postgresql); give one of them"),
     ({"install_method": "conda"}, "--install-method: 'conda' is not valid; choose one of: wheelhouse, index"),
     ({"pip_index_url": "https://pypi.example/simple"}, "--pip-index-url: only applies with --install-method index"),
     ({"install_method": "index", "pip_ca_bundle": "certs/ca.pem"}, "--pip-ca-bundle: 'certs/ca.pem' must be an "
