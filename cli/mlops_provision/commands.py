@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +47,18 @@ def _exit_code(result: RunResult) -> int:
 
 
 def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dict[str, Any],
-         secrets: list[str]) -> RunResult:
+         secrets: list[str], with_secrets: Callable[[Path], dict[str, str]] | None = None) -> RunResult:
+    """Run a playbook; with_secrets(secrets_dir) adds variables taken from the secrets store."""
     from mlops_provision import runner
     from mlops_provision.secrets import SecretStore, read_vault_password
 
     vault_password = read_vault_password(args.vault_password_file, args.ask_vault_pass)
     store = SecretStore(vault_password)
     with store.session() as secrets_dir:
+        if with_secrets is not None:
+            stored = with_secrets(secrets_dir)
+            extravars = {**extravars, **stored}
+            secrets = [*secrets, *stored.values()]
         request = runner.RunRequest(
             action=action, inventories=targets.inventories, generated_inventory=targets.generated,
             extravars={"mlflow_hosts": targets.pattern, **extravars},
@@ -75,11 +82,21 @@ def deploy(args: argparse.Namespace) -> int:
     hosts = args.host or list(spec.config.get("host") or [])
     inventories = args.inventory or ([spec.config["inventory"]] if spec.config.get("inventory") else [])
     resolved = targets.resolve(hosts, inventories)
+    from mlops_provision import credentials
+
     extravars = dict(spec.explicit)
+    for var in ("mlflow_gcs_credentials_file", "mlflow_sftp_private_key_file"):  # control-node paths
+        if extravars.get(var):
+            extravars[var] = str(Path(extravars[var]).resolve())
     extravars["mlflow_wheelhouse_cache_dir"] = str(paths.cache_dir() / "wheelhouse")
     if args.force:
         extravars["mlflow_force"] = True
-    result = _run("deploy", args, resolved, extravars, spec.secrets())
+
+    def store_credentials(secrets_dir: Path) -> dict[str, str]:
+        # With an inventory the credentials may live there (vaulted group_vars): not required here.
+        return credentials.resolve(spec.effective, os.environ, secrets_dir, required=not inventories)
+
+    result = _run("deploy", args, resolved, extravars, spec.secrets(), store_credentials)
 
     urls: dict[str, str] = {}
     reports = {}

@@ -45,10 +45,30 @@ def backend_uri(values: dict[str, Any]) -> str:
     return f"sqlite:///{values['mlflow_data_dir']}/mlflow.db"
 
 
+def store_env(values: dict[str, Any]) -> dict[str, str]:
+    """Artifact-store settings for the env file, as the role derives _mlflow_store_env. Keys and
+    connection strings come from the controller at deploy time, so render shows them masked."""
+    env = {
+        "AWS_DEFAULT_REGION": values["mlflow_s3_region"],
+        "MLFLOW_S3_ENDPOINT_URL": values["mlflow_s3_endpoint_url"],
+        "AWS_CA_BUNDLE": values["mlflow_s3_ca_bundle"],
+        "MLFLOW_S3_IGNORE_TLS": "true" if values["mlflow_s3_ignore_tls"] else "",
+        "GOOGLE_APPLICATION_CREDENTIALS": (f"{values['mlflow_config_dir']}/gcs-credentials.json"
+                                           if values["mlflow_gcs_credentials_file"] else ""),
+    }
+    for var, name in (("mlflow_s3_access_key_id", "AWS_ACCESS_KEY_ID"),
+                      ("mlflow_s3_secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+                      ("mlflow_azure_connection_string", "AZURE_STORAGE_CONNECTION_STRING"),
+                      ("mlflow_azure_account_key", "AZURE_STORAGE_ACCESS_KEY")):
+        env[name] = MASK if values.get(var) else ""
+    return {k: str(v) for k, v in env.items() if v}
+
+
 def render_files(spec: DeploySpec, *, mask_secrets: bool = True) -> dict[str, str]:
     variables: dict[str, Any] = dict(spec.effective)
     variables["_mlflow_allowed_hosts"] = variables["mlflow_allowed_hosts"] or LOCAL_ONLY_HOSTS
     variables["_mlflow_backend_uri"] = backend_uri(variables)
+    variables["_mlflow_store_env"] = store_env(variables)
     env = _environment()
     out = {name: env.get_template(tpl).render(variables) for name, tpl in TEMPLATES.items()}
     if mask_secrets:

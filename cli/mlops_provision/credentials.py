@@ -1,0 +1,85 @@
+"""Credentials of remote artifact stores: from this machine's environment, else the secrets store.
+
+Taken from the environment, they are saved in the secrets store (mode 0600, or the vault), so
+that later deploys, from cron or another shell, need not set them again. They reach the hosts
+only through the 0600 extra-vars file of one run and then the 0640 environment file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlops_provision.errors import UsageError
+
+# kind -> (environment variable, role variable); s3 needs both keys, wasbs one of its two.
+ENVIRONMENT = {
+    "s3": (("AWS_ACCESS_KEY_ID", "mlflow_s3_access_key_id"),
+           ("AWS_SECRET_ACCESS_KEY", "mlflow_s3_secret_access_key"),
+           ("AWS_DEFAULT_REGION", "mlflow_s3_region")),
+    "wasbs": (("AZURE_STORAGE_CONNECTION_STRING", "mlflow_azure_connection_string"),
+              ("AZURE_STORAGE_ACCESS_KEY", "mlflow_azure_account_key")),
+}
+
+
+def artifact_kind(values: Mapping[str, Any]) -> str:
+    store = str(values["mlflow_artifacts_destination"] if values["mlflow_serve_artifacts"]
+                else (values["mlflow_default_artifact_root"] or values["mlflow_artifacts_destination"]))
+    scheme = store.split("://", 1)[0] if "://" in store else "local"
+    return scheme if scheme in ("s3", "wasbs", "gs", "sftp") else "local"
+
+
+def _file_name(env_name: str) -> str:
+    return env_name.lower().replace("_", "-")
+
+
+def resolve(values: Mapping[str, Any], environ: Mapping[str, str], secrets_dir: Path,
+            required: bool) -> dict[str, str]:
+    """Role variables with the store's credentials. required: refuse (exit 2) when missing."""
+    kind = artifact_kind(values)
+    found: dict[str, str] = {}
+    for env_name, var in ENVIRONMENT.get(kind, ()):
+        saved = secrets_dir / _file_name(env_name)
+        value = environ.get(env_name, "")
+        if value:
+            if "\n" in value or "\r" in value:
+                raise UsageError(f"{env_name} (environment): contains a newline; values must be one line")
+            saved.write_text(value)
+            saved.chmod(0o600)
+        elif saved.exists():
+            value = saved.read_text()
+        if value:
+            found[var] = value
+    if required:
+        _require(kind, values, found)
+    return found
+
+
+def _require(kind: str, values: Mapping[str, Any], found: Mapping[str, str]) -> None:
+    where = "in this shell (they are then kept in the secrets store for later deploys)"
+    if kind == "s3" and not ("mlflow_s3_access_key_id" in found and "mlflow_s3_secret_access_key" in found):
+        raise UsageError(f"S3 artifact store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY {where}")
+    if kind == "wasbs" and not found:
+        raise UsageError(f"Azure artifact store: set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCESS_KEY "
+                         f"{where}")
+    if kind == "gs":
+        _require_file("--gcs-credentials-file", values.get("mlflow_gcs_credentials_file", ""), json_key="type")
+    if kind == "sftp":
+        _require_file("--sftp-key-file", values.get("mlflow_sftp_private_key_file", ""))
+
+
+def _require_file(flag: str, path: str, json_key: str | None = None) -> None:
+    if not path:
+        raise UsageError(f"{flag} is needed for this artifact store")
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{flag} {path}: file not found")
+    if json_key is not None:
+        try:
+            data = json.loads(file.read_text())
+        except ValueError:
+            raise UsageError(f"{flag} {path}: not a JSON service-account key") from None
+        if not isinstance(data, dict) or json_key not in data:
+            raise UsageError(f"{flag} {path}: not a JSON service-account key (no {json_key!r})")
