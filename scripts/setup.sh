@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in podman:podman runc:runc debootstrap:debootstrap slirp4netns:slirp4netns \
-            ssh:openssh-client ssh-keygen:openssh-client newuidmap:uidmap systemd-analyze:systemd; do
+            ssh:openssh-client ssh-keygen:openssh-client newuidmap:uidmap systemd-analyze:systemd \
+            node:nodejs npm:npm; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
@@ -32,5 +33,11 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   .venv/bin/pip install -q --disable-pip-version-check -U pip
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch "$stamp"
+fi
+# Azurite, the Azure Blob emulator the artifact-store tests run, from the npm registry.
+if [[ ! -x .cache/azurite/node_modules/.bin/azurite-blob ]]; then
+  echo "setup: npm install azurite@3 into .cache/azurite"
+  mkdir -p .cache/azurite
+  (cd .cache/azurite && npm install --silent --no-audit --no-fund azurite@3 >/dev/null)
 fi
 echo "setup: ready"

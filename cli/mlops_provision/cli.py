@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sbx.add_parser("up", help="start a sandbox VM reachable over SSH on 127.0.0.1")
     up.add_argument("--name", required=True)
     up.add_argument("--distro", default="debian12", choices=["debian12", "debian13"])
+    up.add_argument("--host-loopback", action="store_true",
+                    help="let the VM reach this machine's 127.0.0.1 services at 10.0.2.2 (for test stores)")
     down = sbx.add_parser("down", help="remove a sandbox VM")
     down.add_argument("--name", required=True)
     sbx.add_parser("list", help="list sandbox VMs")

@@ -47,8 +47,10 @@ def _exit_code(result: RunResult) -> int:
 
 
 def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dict[str, Any],
-         secrets: list[str], with_secrets: Callable[[Path], dict[str, str]] | None = None) -> RunResult:
-    """Run a playbook; with_secrets(secrets_dir) adds variables taken from the secrets store."""
+         secrets: list[str], with_secrets: Callable[[Path], dict[str, str]] | None = None,
+         on_success: Callable[[Path], None] | None = None) -> RunResult:
+    """Run a playbook; with_secrets(secrets_dir) adds variables taken from the secrets store,
+    on_success(secrets_dir) may keep new secrets once the run succeeded."""
     from mlops_provision import runner
     from mlops_provision.secrets import SecretStore, read_vault_password
 
@@ -67,6 +69,8 @@ def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dic
             secrets_dir=secrets_dir, vault_password=vault_password,
         )
         result = runner.run(request)
+        if on_success is not None and result.rc == 0 and not args.check:
+            on_success(secrets_dir)
     if not result.hosts:
         raise UsageError(f"no host matched {targets.pattern!r}"
                          + (f" with --limit {args.limit}" if args.limit else "")
@@ -96,7 +100,8 @@ def deploy(args: argparse.Namespace) -> int:
         # With an inventory the credentials may live there (vaulted group_vars): not required here.
         return credentials.resolve(spec.effective, os.environ, secrets_dir, required=not inventories)
 
-    result = _run("deploy", args, resolved, extravars, spec.secrets(), store_credentials)
+    result = _run("deploy", args, resolved, extravars, spec.secrets(), store_credentials,
+                  lambda secrets_dir: credentials.save(spec.effective, os.environ, secrets_dir))
 
     urls: dict[str, str] = {}
     reports = {}
@@ -182,11 +187,16 @@ def destroy(args: argparse.Namespace) -> int:
     return _exit_code(result)
 
 
+def _to_stderr(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
 def sandbox(args: argparse.Namespace) -> int:
     from mlops_provision.sandbox import image, machines
 
     if args.sandbox_command == "up":
-        box = machines.up(args.name, args.distro, log=lambda m: sys.stderr.write(m + "\n"))
+        box = machines.up(args.name, args.distro, host_loopback=args.host_loopback,
+                          log=_to_stderr)
         print(f"sandbox {box.name} ({box.distro}) is up: ssh -p {box.ssh_port} -i {box.key_file} "
               f"{box.user}@127.0.0.1")
         print(f"  MLflow port 5000 of the VM is published at {box.url}")
@@ -199,5 +209,5 @@ def sandbox(args: argparse.Namespace) -> int:
         for box, state in rows:
             print(f"{box.name:<14} {box.distro:<9} {state:<9} 127.0.0.1:{box.ssh_port:<6} {box.url}")
     elif args.sandbox_command == "image":
-        print(image.build_image(args.distro, force=args.rebuild, log=lambda m: sys.stderr.write(m + "\n")))
+        print(image.build_image(args.distro, force=args.rebuild, log=_to_stderr))
     return EXIT_OK

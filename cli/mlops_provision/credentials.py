@@ -1,13 +1,15 @@
 """Credentials of remote artifact stores: from this machine's environment, else the secrets store.
 
-Taken from the environment, they are saved in the secrets store (mode 0600, or the vault), so
-that later deploys, from cron or another shell, need not set them again. They reach the hosts
+Taken from the environment, they are saved in the secrets store (mode 0600, or the vault) once
+a deploy with them succeeded, so that later deploys, from cron or another shell, need not set
+them again (and a mistyped key is never kept). They reach the hosts
 only through the 0600 extra-vars file of one run and then the 0640 environment file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,8 +48,6 @@ def resolve(values: Mapping[str, Any], environ: Mapping[str, str], secrets_dir: 
         if value:
             if "\n" in value or "\r" in value:
                 raise UsageError(f"{env_name} (environment): contains a newline; values must be one line")
-            saved.write_text(value)
-            saved.chmod(0o600)
         elif saved.exists():
             value = saved.read_text()
         if value:
@@ -55,6 +55,16 @@ def resolve(values: Mapping[str, Any], environ: Mapping[str, str], secrets_dir: 
     if required:
         _require(kind, values, found)
     return found
+
+
+def save(values: Mapping[str, Any], environ: Mapping[str, str], secrets_dir: Path) -> None:
+    """After a successful deploy: keep the credentials taken from the environment."""
+    for env_name, _var in ENVIRONMENT.get(artifact_kind(values), ()):
+        if environ.get(env_name):
+            saved = secrets_dir / _file_name(env_name)
+            fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(environ[env_name])
 
 
 def _require(kind: str, values: Mapping[str, Any], found: Mapping[str, str]) -> None:

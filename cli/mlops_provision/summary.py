@@ -47,6 +47,11 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
                 f"  health     {health_text}",
                 f"  use        export MLFLOW_TRACKING_URI={url}",
             ]
+            if dep.get("artifact_kind") in ("s3", "gs", "wasbs") and str(dep.get("serve_artifacts")) == "True":
+                # MLflow >= 3.x clients fetch large artifacts of such stores through presigned URLs,
+                # straight from the store, unless told otherwise.
+                lines.append("             export MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false"
+                             "  # if clients cannot reach the store itself")
     lines.append(f"duration {result.duration:.1f} s; full log: {result.run_dir / 'ansible.log'}")
     return "\n".join(lines)
 

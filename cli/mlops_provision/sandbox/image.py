@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from mlops_provision.errors import UsageError
@@ -70,7 +71,7 @@ def image_exists(distro: str) -> bool:
     return podman("image", "exists", image_name(distro), check=False).returncode == 0
 
 
-def build_image(distro: str, *, force: bool = False, log=print) -> str:  # type: ignore[no-untyped-def]
+def build_image(distro: str, *, force: bool = False, log: Callable[[str], None] = print) -> str:
     """Return the image name, building it with debootstrap when it is missing."""
     if distro not in DISTROS:
         raise UsageError(f"--distro {distro!r} is not supported; valid: {', '.join(DISTROS)}")

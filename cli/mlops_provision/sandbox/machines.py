@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,7 +98,10 @@ def _ensure_key() -> Path:
     return key
 
 
-def up(name: str, distro: str, *, log=print) -> Sandbox:  # type: ignore[no-untyped-def]
+def up(name: str, distro: str, *, host_loopback: bool = False,
+       log: Callable[[str], None] = print) -> Sandbox:
+    """Start (or reuse) sandbox `name`. host_loopback: the VM reaches this machine's 127.0.0.1
+    services at 10.0.2.2 (slirp4netns), e.g. a test's S3 server or database."""
     check_name(name)
     existing = load(name)
     if existing is not None:
@@ -116,8 +120,9 @@ def up(name: str, distro: str, *, log=print) -> Sandbox:  # type: ignore[no-unty
     Path(box.known_hosts).unlink(missing_ok=True)
     podman("rm", "--force", "--ignore", box.container)
     # SYS_ADMIN: systemd sandboxing (ProtectSystem=, PrivateTmp=) needs mount namespaces.
+    network = ["--network", "slirp4netns:allow_host_loopback=true"] if host_loopback else []
     podman(
-        "run", "--detach", "--name", box.container, "--hostname", name,
+        "run", "--detach", "--name", box.container, "--hostname", name, *network,
         "--systemd=always", "--cap-add", "SYS_ADMIN",
         "--publish", f"127.0.0.1:{box.ssh_port}:22",
         "--publish", f"127.0.0.1:{box.mlflow_port}:{MLFLOW_PORT}",
