@@ -41,9 +41,9 @@ class VM:
         return self.sh(f"sha256sum {path}").split()[0]
 
     @classmethod
-    def up(cls, name: str, distro: str = "debian12") -> Iterator[VM]:
+    def up(cls, name: str, distro: str = "debian12", *extra: str) -> Iterator[VM]:
         box = cls(name, distro)
-        proc = cli("sandbox", "up", "--name", name, "--distro", distro)
+        proc = cli("sandbox", "up", "--name", name, "--distro", distro, *extra)
         assert proc.returncode == 0, proc.stderr
         box.url = re.search(r"published at (http://127\.0\.0\.1:\d+)", proc.stdout).group(1)  # type: ignore[union-attr]
         yield box
