@@ -59,3 +59,24 @@ def mlflow_client(code: str) -> dict[str, object]:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def places_where_secrets_must_not_be(vm: VM, cli_outputs: list[str]) -> dict[str, str]:
+    """Everything an attacker or a log collector could read, by name: process command lines,
+    the unit, `systemctl show`, the journal (sudo logs command lines there), the CLI's output
+    and every kept run log."""
+    from pathlib import Path
+
+    places = {
+        "ps": vm.sh("ps -eo args"),
+        "unit file": vm.sh("cat /etc/systemd/system/mlflow.service"),
+        "systemctl show": vm.sh("systemctl show mlflow.service"),
+        "journal": vm.sh("journalctl --no-pager -o verbose"),
+        "cli output": "\n".join(cli_outputs),
+    }
+    runs = Path(os.environ["MLOPS_PROVISION_HOME"]) / "runs"
+    for path in runs.rglob("*"):
+        if path.is_file():
+            places[f"run log {path.relative_to(runs)}"] = path.read_text(errors="replace")
+    assert len(places) > 6, "no run log was read"
+    return places

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI
-from tests.e2e.conftest import VM, cli, mlflow_client
+from tests.e2e.conftest import VM, cli, mlflow_client, places_where_secrets_must_not_be
 from tests.servers import HOST_FROM_SANDBOX, Azurite, SeaweedS3
 
 pytestmark = pytest.mark.e2e
@@ -62,12 +62,13 @@ def s3_env(s3: SeaweedS3, secret: str | None = None) -> dict[str, str]:
             "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def log_big_artifact(url: str, env: dict[str, str] | None = None) -> dict[str, object]:
+def log_big_artifact(url: str, env: dict[str, str] | None = None, experiment: str = "Default") -> dict[str, object]:
     """Log a 50 MB artifact with the real client, download it back; report checksums."""
     code = f"""
 import hashlib, json, os, tempfile, mlflow
 from mlflow.tracking import MlflowClient
 mlflow.set_tracking_uri({url!r})
+mlflow.set_experiment({experiment!r})
 blob = os.urandom({BIG})
 with tempfile.TemporaryDirectory() as d:
     path = os.path.join(d, "weights.bin")
@@ -152,7 +153,8 @@ def test_s3_direct_mode(vm: VM, s3: SeaweedS3) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "artifacts  s3://mlflow-direct/root\n" in proc.stdout
     client_env = {**s3_env(s3), "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3.port}"}
-    result = log_big_artifact(vm.url, client_env)  # the client talks to the store itself
+    # A new experiment: existing ones keep their proxied location (MLflow's rule, see the switch test).
+    result = log_big_artifact(vm.url, client_env, experiment="direct-mode")  # the client talks to the store
     assert result["back"] == result["sha"]
     assert str(result["artifact_uri"]).startswith("s3://mlflow-direct/root/")
     assert s3_object_sha(s3, "mlflow-direct", f"{result['run_id']}/artifacts/model/weights.bin") == result["sha"]
@@ -163,7 +165,7 @@ def test_azure_blob_proxied_round_trip(vm: VM, azurite: Azurite) -> None:
     proc = deploy(vm, env, "--artifacts-destination",
                   "wasbs://mlflow@devstoreaccount1.blob.core.windows.net/artifacts", "--force")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = log_big_artifact(vm.url, PROXY_ONLY)
+    result = log_big_artifact(vm.url, PROXY_ONLY, experiment="azure")
     assert result["back"] == result["sha"]
     container = azurite.service().get_container_client("mlflow")
     suffix = f"{result['run_id']}/artifacts/model/weights.bin"
@@ -176,15 +178,7 @@ def test_azure_blob_proxied_round_trip(vm: VM, azurite: Azurite) -> None:
 def test_store_credentials_never_leak(vm: VM, s3: SeaweedS3, azurite: Azurite) -> None:
     from tests.servers import AZURITE_KEY
 
-    places = {
-        "ps": vm.sh("ps -eo args"),
-        "unit file": vm.sh("cat /etc/systemd/system/mlflow.service"),
-        "systemctl show": vm.sh("systemctl show mlflow.service"),
-        "journal": vm.sh("journalctl --no-pager -o cat"),
-        "cli output": "\n".join(OUTPUTS),
-    }
-    runs = Path(os.environ["MLOPS_PROVISION_HOME"]) / "runs"
-    places.update({str(p): p.read_text(errors="replace") for p in runs.rglob("*") if p.is_file()})
+    places = places_where_secrets_must_not_be(vm, OUTPUTS)
     for secret in (s3.secret_key, AZURITE_KEY):
         assert [name for name, text in places.items() if secret in text] == [], secret
     assert AZURITE_KEY in vm.sh("cat /etc/mlflow/mlflow.env")  # where it belongs

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI
-from tests.e2e.conftest import VM, cli, mlflow_client
+from tests.e2e.conftest import VM, cli, mlflow_client, places_where_secrets_must_not_be
 
 pytestmark = pytest.mark.e2e
 OUTPUTS: list[str] = []  # every CLI output of this module, checked for the password at the end
@@ -128,20 +128,8 @@ def test_external_uri_from_the_controller_environment(vm: VM) -> None:
 def test_the_password_never_leaks(vm: VM) -> None:
     secret = password(vm)
     assert secret in vm.sh("cat /etc/mlflow/mlflow.env")  # it is there, where it belongs
-    places = {
-        "ps": vm.sh("ps -eo args"),
-        "unit file": vm.sh("cat /etc/systemd/system/mlflow.service"),
-        "systemctl show": vm.sh("systemctl show mlflow.service"),
-        "journal": vm.sh("journalctl --no-pager -o cat"),
-        "cli output": "\n".join(OUTPUTS),
-    }
-    runs = Path(os.environ["MLOPS_PROVISION_HOME"]) / "runs"
-    for path in runs.rglob("*"):
-        if path.is_file():
-            places[f"run log {path.relative_to(runs)}"] = path.read_text(errors="replace")
-    leaked = [name for name, text in places.items() if secret in text]
-    assert leaked == []
-    assert len(places) > 8  # the run logs were really read
+    places = places_where_secrets_must_not_be(vm, OUTPUTS)
+    assert [name for name, text in places.items() if secret in text] == []
 
 
 def test_vault_encrypts_the_secrets_and_keeps_the_password(vm: VM, tmp_path: Path) -> None:

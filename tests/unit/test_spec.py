@@ -135,7 +135,7 @@ def test_store_credentials_are_required_and_named(tmp_path: Path) -> None:
     from mlops_provision import credentials
 
     s3 = build_spec({"artifacts_destination": "s3://bucket1/a"}, environ={}).effective
-    with pytest.raises(UsageError, match="^S3 artifact store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+    with pytest.raises(UsageError, match=r"^S3 artifact store: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
         credentials.resolve(s3, {"AWS_ACCESS_KEY_ID": "only-the-id"}, tmp_path, required=True)
     found = credentials.resolve(s3, {"AWS_ACCESS_KEY_ID": "id1", "AWS_SECRET_ACCESS_KEY": "sk1"}, tmp_path, True)
     assert found == {"mlflow_s3_access_key_id": "id1", "mlflow_s3_secret_access_key": "sk1"}
@@ -145,18 +145,18 @@ def test_store_credentials_are_required_and_named(tmp_path: Path) -> None:
     assert (tmp_path / "aws-secret-access-key").stat().st_mode & 0o777 == 0o600
 
     azure = build_spec({"artifacts_destination": "wasbs://mlflow@acct1.blob.core.windows.net/a"}, environ={})
-    with pytest.raises(UsageError, match="^Azure artifact store: set AZURE_STORAGE_CONNECTION_STRING or"):
+    with pytest.raises(UsageError, match=r"^Azure artifact store: set AZURE_STORAGE_CONNECTION_STRING or"):
         credentials.resolve(azure.effective, {}, tmp_path, required=True)
     gcs = build_spec({"artifacts_destination": "gs://bucket1/a"}, environ={})
-    with pytest.raises(UsageError, match="^--gcs-credentials-file is needed for this artifact store"):
+    with pytest.raises(UsageError, match=r"^--gcs-credentials-file is needed for this artifact store"):
         credentials.resolve(gcs.effective, {}, tmp_path, required=True)
     key = tmp_path / "sa.json"
     key.write_text("not json")
     gcs = build_spec({"artifacts_destination": "gs://bucket1/a", "gcs_credentials_file": str(key)}, environ={})
-    with pytest.raises(UsageError, match="sa.json: not a JSON service-account key"):
+    with pytest.raises(UsageError, match=r"sa\.json: not a JSON service-account key"):
         credentials.resolve(gcs.effective, {}, tmp_path, required=True)
     sftp = build_spec({"artifacts_destination": "sftp://u@host1/srv/a"}, environ={})
-    with pytest.raises(UsageError, match="^--sftp-key-file is needed"):
+    with pytest.raises(UsageError, match=r"^--sftp-key-file is needed"):
         credentials.resolve(sftp.effective, {}, tmp_path, required=True)
     with pytest.raises(UsageError, match="AWS_SECRET_ACCESS_KEY \\(environment\\): contains a newline"):
         credentials.resolve(s3, {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b\nc"}, tmp_path, True)
