@@ -24,7 +24,7 @@ demo: setup
 	mlops-provision health --host vm1 --deep
 
 lint: setup
-	ruff check cli tests scripts
+	ruff check cli tests scripts molecule
 	mypy
 	yamllint --strict .
 	ansible-lint --profile production

@@ -61,6 +61,7 @@ class Server:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                self.proc.wait()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -82,6 +83,8 @@ class SeaweedS3(Server):
             [str(BIN / "weed"), "server", f"-dir={self.workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
              f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
              f"-filer.port={ports['filer']}", "-s3", f"-s3.port={self.port}", f"-s3.config={config}",
+             # Iceberg (8181) and Lance (9101) default to fixed ports: a second server would not start.
+             "-s3.port.iceberg=0", "-s3.port.lance=0",
              # Each bucket is a collection with volumes of its own: allow enough small ones.
              "-volume.max=64", "-master.volumeSizeLimitMB=256"],
             stdout=log, stderr=subprocess.STDOUT)

@@ -10,7 +10,8 @@ container `mlflow`, and writes FILE, mode 0600 because it holds the keys, as one
 kind, port, pid, pgid, workdir and log, then bucket, access_key, secret_key (s3) or container,
 account, account_key, connection_string (azure; BlobEndpoint on 127.0.0.1). It is a no-op when
 FILE names a store of the same kind that still runs. `stop` terminates the store's process
-group and removes its data directory and FILE; without FILE there is nothing to do.
+group (SIGTERM, then SIGKILL after 5 s) and removes its data directory and FILE; without
+FILE there is nothing to do.
 Run it with the project's venv Python from the project root. Exit codes: 0 ok, 1 failed
 (the reason on stderr), 2 usage.
 """
@@ -23,34 +24,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from tests.servers import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, SeaweedS3, Server
 
 NAME = "mlflow"  # the bucket (s3) or blob container (azure) every store gets
-# tests/servers.py leaves SeaweedFS's Iceberg (8181) and Lance (9101) listeners on their fixed
-# default ports, so a second SeaweedS3 on this machine (another scenario, the e2e tests) dies
-# with "bind: address already in use". Turned off here until servers.py does it itself.
-WEED_FIXED_PORTS_OFF = ["-s3.port.iceberg=0", "-s3.port.lance=0"]
-
-
-@contextlib.contextmanager
-def _weed_without_fixed_ports() -> Iterator[None]:
-    real = subprocess.Popen
-
-    def popen(args: list[str], *rest: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
-        if Path(args[0]).name == "weed" and args[1:2] == ["server"]:
-            args = [*args, *WEED_FIXED_PORTS_OFF]
-        return real(args, *rest, **kwargs)
-
-    with mock.patch("tests.servers.subprocess.Popen", popen):
-        yield
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -74,8 +55,7 @@ def _launch(kind: str) -> dict[str, Any]:
     server: Server = SeaweedS3() if kind == "s3" else Azurite()
     try:
         if isinstance(server, SeaweedS3):
-            with _weed_without_fixed_ports():
-                server.start()
+            server.start()
             server.bucket(NAME)
             extra: dict[str, Any] = {"bucket": NAME, "access_key": server.access_key,
                                      "secret_key": server.secret_key, "log": str(server.workdir / "weed.log")}
@@ -139,20 +119,23 @@ def start(kind: str, state_file: Path) -> int:
     return 0
 
 
-def stop(state_file: Path, timeout: float = 15) -> int:
+def stop(state_file: Path, timeout: float = 5) -> int:
     if not state_file.exists():
         print(f"no store to stop ({state_file} does not exist)")
         return 0
     state = json.loads(state_file.read_text())
-    if _running(state):
+    # SIGTERM first; SeaweedFS may take longer than the grace to exit, and its data goes anyway.
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not _running(state):
+            break
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(int(state["pgid"]), signal.SIGTERM)
-        deadline = time.monotonic() + timeout  # SeaweedFS takes several seconds; as Server.stop
+            os.killpg(int(state["pgid"]), sig)
+        deadline = time.monotonic() + timeout
         while _running(state) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if _running(state):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(int(state["pgid"]), signal.SIGKILL)
+    if _running(state):
+        print(f"cannot stop the {state['kind']} store (pid {state['pid']}); {state_file} kept", file=sys.stderr)
+        return 1
     shutil.rmtree(state["workdir"], ignore_errors=True)
     state_file.unlink()
     print(f"{state['kind']} store on 127.0.0.1:{state['port']} stopped; {state['workdir']} removed")
