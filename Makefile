@@ -41,7 +41,7 @@ e2e: images
 test: lint unit molecule e2e
 
 bench: images
-	python scripts/bench.py
+	python scripts/bench.py $(BENCH_ARGS)
 
 clean-sandboxes: setup
 	for n in $$(mlops-provision sandbox list | awk 'NR>1 {print $$1}'); do mlops-provision sandbox down --name $$n; done
