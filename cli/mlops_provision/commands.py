@@ -83,6 +83,9 @@ def deploy(args: argparse.Namespace) -> int:
     from mlops_provision import summary, targets
 
     spec = _spec(args)
+    if spec.effective.get("mlflow_s3_ignore_tls"):
+        sys.stderr.write("WARNING: --s3-ignore-tls: the server will not verify the S3 endpoint's certificate; "
+                         "anyone on the path can read the artifacts and the keys. Prefer --s3-ca-bundle.\n")
     hosts = args.host or list(spec.config.get("host") or [])
     inventories = args.inventory or ([spec.config["inventory"]] if spec.config.get("inventory") else [])
     resolved = targets.resolve(hosts, inventories)

@@ -107,3 +107,10 @@ def test_readme_documents_every_role_variable(role: str) -> None:
     specs = yaml.safe_load((ROOT / "roles" / role / "meta/argument_specs.yml").read_text())
     for key in specs["argument_specs"]["main"]["options"]:
         assert f"| `{key}` |" in readme, key
+
+
+def test_ignoring_s3_tls_warns_before_anything_runs(tmp_path: Path) -> None:
+    proc = run("deploy", "--host", "ghost.invalid", "--artifacts-destination", "s3://bucket1/a",
+               "--s3-ignore-tls", home=tmp_path)
+    assert "WARNING: --s3-ignore-tls: the server will not verify the S3 endpoint's certificate" in proc.stderr
+    assert proc.returncode == 2  # and the unknown host still stops the deploy
