@@ -23,6 +23,9 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         if opt.kind == "bool":
             group.add_argument(f"--{opt.flag}", dest=opt.key, action=argparse.BooleanOptionalAction,
                                default=None, help=opt.help)
+        elif opt.repeatable:
+            group.add_argument(f"--{opt.flag}", dest=opt.key, action="append", default=None,
+                               metavar=opt.flag.split("-")[-1].upper(), help=opt.help)
         else:
             group.add_argument(f"--{opt.flag}", dest=opt.key, default=None,
                                metavar=opt.flag.split("-")[-1].upper(), help=opt.help)
@@ -47,6 +50,10 @@ def _target_options(parser: argparse.ArgumentParser, ansible: bool = True) -> No
     group.add_argument("--check", action="store_true", help="dry run: report what would change")
     group.add_argument("--diff", action="store_true", help="show file differences")
     group.add_argument("-v", "--verbose", action="count", default=0, help="raw Ansible output (-vv, -vvv: more)")
+    _secrets_options(parser)
+
+
+def _secrets_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("secrets")
     group.add_argument("--vault-password-file", metavar="FILE",
                        help="keep generated passwords ansible-vault encrypted (also opens vaulted inventory vars)")
@@ -80,6 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also create a run, log a metric, upload and download an artifact, clean up")
     health.add_argument("--json", action="store_true", help="machine-readable output")
     health.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    _secrets_options(health)
+
+    user = sub.add_parser("user", help="manage MLflow users (basic auth) through the server's REST API")
+    usr = user.add_subparsers(dest="user_command", required=True, parser_class=_Parser)
+    for name, text in (("list", "list the users"),
+                       ("add", "create a user; its password is generated and printed once, or read from stdin"),
+                       ("passwd", "set a new password (generated and printed once, or read from stdin)"),
+                       ("remove", "delete a user"),
+                       ("admin-password", "print the admin password kept on this machine")):
+        cmd = usr.add_parser(name, help=text)
+        cmd.add_argument("--host", required=True, metavar="NAME", help="a host deployed from this machine")
+        if name in ("add", "passwd", "remove"):
+            cmd.add_argument("username")
+        if name in ("add", "passwd"):
+            cmd.add_argument("--password-stdin", action="store_true",
+                             help="read the password from standard input instead of generating one")
+        if name == "add":
+            cmd.add_argument("--admin", action="store_true", help="make the user an MLflow admin")
+        _secrets_options(cmd)
 
     destroy = sub.add_parser("destroy", help="remove the service, unit, venv and firewall rule")
     _target_options(destroy)

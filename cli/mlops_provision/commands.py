@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ if TYPE_CHECKING:  # the real imports happen inside handlers, keeping --help fas
 def dispatch(args: argparse.Namespace) -> int:
     handler = {
         "deploy": deploy, "render": render, "health": health, "destroy": destroy, "sandbox": sandbox,
+        "user": user,
     }[args.command]
     return handler(args)
 
@@ -48,9 +50,11 @@ def _exit_code(result: RunResult) -> int:
 
 def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dict[str, Any],
          secrets: list[str], with_secrets: Callable[[Path], dict[str, str]] | None = None,
-         on_success: Callable[[Path], None] | None = None) -> RunResult:
+         on_success: Callable[[Path], None] | None = None,
+         after: Callable[[Path, RunResult], None] | None = None) -> RunResult:
     """Run a playbook; with_secrets(secrets_dir) adds variables taken from the secrets store,
-    on_success(secrets_dir) may keep new secrets once the run succeeded."""
+    on_success(secrets_dir) may keep new secrets once the run succeeded, and after(secrets_dir,
+    result) runs while the secrets are still open (e.g. health checks that log in)."""
     from mlops_provision import runner
     from mlops_provision.secrets import SecretStore, read_vault_password
 
@@ -71,6 +75,8 @@ def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dic
         result = runner.run(request)
         if on_success is not None and result.rc == 0 and not args.check:
             on_success(secrets_dir)
+        if after is not None:
+            after(secrets_dir, result)
     if not result.hosts:
         raise UsageError(f"no host matched {targets.pattern!r}"
                          + (f" with --limit {args.limit}" if args.limit else "")
@@ -79,8 +85,8 @@ def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dic
 
 
 def deploy(args: argparse.Namespace) -> int:
+    from mlops_provision import credentials, endpoints, summary, targets
     from mlops_provision import health as health_mod
-    from mlops_provision import summary, targets
 
     spec = _spec(args)
     if spec.effective.get("mlflow_s3_ignore_tls"):
@@ -89,13 +95,16 @@ def deploy(args: argparse.Namespace) -> int:
     hosts = args.host or list(spec.config.get("host") or [])
     inventories = args.inventory or ([spec.config["inventory"]] if spec.config.get("inventory") else [])
     resolved = targets.resolve(hosts, inventories)
-    from mlops_provision import credentials
 
     extravars = dict(spec.explicit)
-    for var in ("mlflow_gcs_credentials_file", "mlflow_sftp_private_key_file"):  # control-node paths
+    for var in ("mlflow_gcs_credentials_file", "mlflow_sftp_private_key_file",  # control-node paths
+                "mlflow_tls_cert_file", "mlflow_tls_key_file"):
         if extravars.get(var):
             extravars[var] = str(Path(extravars[var]).resolve())
     extravars["mlflow_wheelhouse_cache_dir"] = str(paths.cache_dir() / "wheelhouse")
+    tls_dir = paths.state_dir() / "tls"  # self-signed certificates fetched from the hosts
+    tls_dir.mkdir(mode=0o700, exist_ok=True)
+    extravars["mlflow_tls_fetch_dir"] = str(tls_dir)
     if args.force:
         extravars["mlflow_force"] = True
 
@@ -103,17 +112,27 @@ def deploy(args: argparse.Namespace) -> int:
         # With an inventory the credentials may live there (vaulted group_vars): not required here.
         return credentials.resolve(spec.effective, os.environ, secrets_dir, required=not inventories)
 
-    result = _run("deploy", args, resolved, extravars, spec.secrets(), store_credentials,
-                  lambda secrets_dir: credentials.save(spec.effective, os.environ, secrets_dir))
-
     urls: dict[str, str] = {}
-    reports = {}
+    reports: dict[str, health_mod.Report] = {}
+
+    def check_health(secrets_dir: Path, result: RunResult) -> None:
+        for name, host in result.hosts.items():
+            dep = host.deployment
+            if not dep:
+                continue
+            port, scheme = int(dep.get("port", 5000)), str(dep.get("scheme", "http"))
+            ca = tls_dir / f"{name}.crt"
+            ca_file = str(ca) if dep.get("tls") == "self-signed" and ca.is_file() else ""
+            endpoint = endpoints.record(name, resolved.url(name, port, scheme), dep, ca_file)
+            urls[name] = endpoint.url
+            access = health_mod.Access(endpoint.auth_user, endpoint.password(secrets_dir) or "", ca_file)
+            reports[name] = health_mod.check(endpoint.url, timeout=5, access=access)
+
+    result = _run("deploy", args, resolved, extravars, spec.secrets(), store_credentials,
+                  lambda secrets_dir: credentials.save(spec.effective, os.environ, secrets_dir), check_health)
     for name, host in result.hosts.items():
-        if host.deployment:
-            urls[name] = resolved.url(name, int(host.deployment.get("port", 5000)))
-            reports[name] = health_mod.check(urls[name], timeout=5)
-            if name in resolved.sandboxes and int(host.deployment.get("port", 5000)) != 5000:
-                sys.stderr.write(f"note: sandbox {name} publishes only port 5000 of the VM\n")
+        if name in resolved.sandboxes and host.deployment and int(host.deployment.get("port", 5000)) not in (5000, 443):
+            sys.stderr.write(f"note: sandbox {name} publishes only ports 5000 and 443 of the VM\n")
     print(summary.deploy_summary(result, urls, reports, check_mode=args.check))
     return _exit_code(result)
 
@@ -139,26 +158,48 @@ def render(args: argparse.Namespace) -> int:
 
 
 def health(args: argparse.Namespace) -> int:
+    from mlops_provision import endpoints, targets
     from mlops_provision import health as health_mod
-    from mlops_provision import targets
 
     if args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
     if args.port is not None and not 1 <= args.port <= 65535:
         raise UsageError(f"--port: {args.port} is not a TCP port; valid: 1-65535")
-    urls: dict[str, str] = {}
+    # --url: credentials, if any, from MLflow's own client variables.
+    env_access = health_mod.Access(os.environ.get("MLFLOW_TRACKING_USERNAME", ""),
+                                   os.environ.get("MLFLOW_TRACKING_PASSWORD", ""),
+                                   os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", ""))
+    checks: dict[str, tuple[str, endpoints.Endpoint | None]] = {}
     for url in args.url:
         if not url.startswith(("http://", "https://")):
             raise UsageError(f"--url {url!r}: must start with http:// or https://")
-        urls[url] = url
+        checks[url] = (url, None)
     if args.host or args.inventory:
         resolved = targets.resolve(args.host, args.inventory)
-        names = args.host or list(resolved.addresses)
-        for name in names:
-            urls[name] = resolved.url(name, args.port or 5000)
-    if not urls:
+        for name in args.host or list(resolved.addresses):
+            known = endpoints.lookup(name)
+            if known is not None and args.port is None:
+                checks[name] = (known.url, known)
+            else:
+                checks[name] = (resolved.url(name, args.port or 5000), None)
+    if not checks:
         raise UsageError("give --host NAME, -i INVENTORY or --url URL")
-    reports = {name: health_mod.check(url, deep=args.deep, timeout=args.timeout) for name, url in urls.items()}
+
+    def run(secrets_dir: Path | None) -> dict[str, health_mod.Report]:
+        out = {}
+        for name, (url, known) in checks.items():
+            access = env_access
+            if known is not None:
+                password = known.password(secrets_dir) if secrets_dir else None
+                access = health_mod.Access(known.auth_user, password or "", known.ca_file)
+            out[name] = health_mod.check(url, deep=args.deep, timeout=args.timeout, access=access)
+        return out
+
+    if any(known is not None and known.auth_user for _, known in checks.values()):
+        with _secret_store(args).session() as secrets_dir:
+            reports = run(secrets_dir)
+    else:
+        reports = run(None)
     if args.json:
         print(json.dumps({name: r.to_dict() for name, r in reports.items()}, indent=2))
     else:
@@ -167,6 +208,67 @@ def health(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if any(r.unreachable for r in reports.values()):
         return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+def _secret_store(args: argparse.Namespace) -> Any:
+    from mlops_provision.secrets import SecretStore, read_vault_password
+
+    return SecretStore(read_vault_password(args.vault_password_file, args.ask_vault_pass))
+
+
+def user(args: argparse.Namespace) -> int:
+    from mlops_provision import endpoints, users
+    from mlops_provision import health as health_mod
+
+    known = endpoints.lookup(args.host)
+    if known is None:
+        raise UsageError(f"--host {args.host}: no deploy from this machine recorded it; deploy it first "
+                         "(the user commands log in with the admin password kept here)")
+    if not known.auth_user:
+        raise UsageError(f"--host {args.host}: deployed with --auth none, so it has no users; "
+                         "deploy again without --auth none to turn basic auth on")
+    username = getattr(args, "username", "")
+    if username and not re.match(r"^[A-Za-z0-9_.@-]{1,64}$", username):
+        raise UsageError(f"username {username!r}: use 1-64 of A-Z a-z 0-9 _ . @ -")
+    new_password = ""
+    if args.user_command in ("add", "passwd"):
+        if args.password_stdin:
+            new_password = sys.stdin.readline().rstrip("\n")
+            if len(new_password) < 12 or re.search(r"[\x00-\x1f\x7f]", new_password):
+                raise UsageError("--password-stdin: the password needs 12 or more characters on one line")
+        else:
+            new_password = users.generate_password()
+    if args.user_command == "remove" and username == known.auth_user:
+        raise UsageError(f"{username} is the admin user this tool logs in with; it cannot be removed here")
+    with _secret_store(args).session() as secrets_dir:
+        admin_password = known.password(secrets_dir)
+        if not admin_password:
+            raise UsageError(f"the admin password of {args.host} is not in the secrets store on this machine")
+        if args.user_command == "admin-password":
+            print(admin_password)
+            return EXIT_OK
+        client = health_mod.Client(known.url, 30, health_mod.Access(known.auth_user, admin_password, known.ca_file))
+        if args.user_command == "list":
+            rows = users.list_users(client)
+            print(f"{'USER':<32} ADMIN")
+            for row in sorted(rows, key=lambda r: str(r.get("username"))):
+                print(f"{row.get('username', ''):<32} {'yes' if row.get('is_admin') else 'no'}")
+        elif args.user_command == "add":
+            users.add(client, username, new_password, admin=args.admin)
+            print(f"user {username} created on {args.host}" + ("" if args.password_stdin else
+                  f"; password (shown once, not kept): {new_password}"))
+        elif args.user_command == "passwd":
+            own = username == known.auth_user
+            users.set_password(client, username, new_password, admin_password if own else "")
+            if own:  # the tool logs in with it: keep the new one
+                known.set_password(secrets_dir, new_password)
+            print(f"password of {username} changed on {args.host}" + (
+                "; kept in the secrets store" if own else
+                "" if args.password_stdin else f"; new password (shown once, not kept): {new_password}"))
+        elif args.user_command == "remove":
+            users.remove(client, username)
+            print(f"user {username} removed from {args.host}")
     return EXIT_OK
 
 

@@ -6,7 +6,9 @@ Standard library only, so `health` starts fast and needs nothing but this packag
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -49,12 +51,23 @@ class Report:
                 "checks": [asdict(c) for c in self.checks]}
 
 
+@dataclass
+class Access:
+    """How to talk to a server: basic-auth credentials and a CA file for its certificate."""
+
+    username: str = ""
+    password: str = ""
+    ca_file: str = ""
+
+
 class Client:
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, timeout: float = 10.0, access: Access | None = None) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"not an http(s) URL: {url}")
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.access = access or Access()
+        self.context = ssl.create_default_context(cafile=self.access.ca_file or None)
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                 query: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -63,8 +76,11 @@ class Client:
         req = urllib.request.Request(target, data=data, method=method)  # noqa: S310 - URL checked to be http(s)
         if body is not None:
             req.add_header("Content-Type", "application/json")
+        if self.access.username:
+            token = base64.b64encode(f"{self.access.username}:{self.access.password}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310 - http(s) only
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self.context) as resp:  # noqa: S310 - http(s) only
                 return int(resp.status), resp.read()
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read()
@@ -91,8 +107,8 @@ def _timed(report: Report, name: str, func: Any) -> Any:
     return value
 
 
-def check(url: str, deep: bool = False, timeout: float = 10.0) -> Report:
-    client = Client(url, timeout)
+def check(url: str, deep: bool = False, timeout: float = 10.0, access: Access | None = None) -> Report:
+    client = Client(url, timeout, access)
     report = Report(url=client.url)
     try:
         def health() -> tuple[bool, str, None]:
@@ -102,6 +118,9 @@ def check(url: str, deep: bool = False, timeout: float = 10.0) -> Report:
 
         def version() -> tuple[bool, str, None]:
             status, body = client.request("GET", "/version")
+            if status == 401:
+                return False, ("HTTP 401: the server wants a user; no working credentials (deploy from this "
+                               "machine, or set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD)"), None
             return status == 200, body.decode(errors="replace").strip()[:60] or f"HTTP {status}", None
 
         _timed(report, "health", health)

@@ -28,6 +28,7 @@ class Option:
     check: Callable[[str, Any, Mapping[str, Any]], None] | None = None
     choices: tuple[str, ...] = ()
     env: str | None = None  # controller environment variable read when the flag is absent
+    repeatable: bool = False  # list options: the flag may be given several times
 
     @property
     def key(self) -> str:
@@ -151,6 +152,29 @@ def check_version(label: str, value: str, values: Mapping[str, Any]) -> None:
         )
 
 
+def check_networks(label: str, value: list[str], values: Mapping[str, Any]) -> None:
+    for item in value:
+        try:
+            if "/" not in item:
+                raise ValueError
+            ipaddress.ip_network(item, strict=True)
+        except ValueError:
+            raise UsageError(f"{label}: {item!r} is not a network in CIDR form with its host bits zero; "
+                             "e.g. 10.0.0.0/8, 192.168.1.0/24, 203.0.113.7/32 or 2001:db8::/32") from None
+
+
+def check_pem_file(label: str, value: str, values: Mapping[str, Any]) -> None:
+    kind = "PRIVATE KEY-----" if label.endswith("key") else "-----BEGIN CERTIFICATE-----"
+    try:
+        with open(value, encoding="ascii", errors="replace") as fh:
+            text = fh.read(1_000_000)
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot read {value!r} on this machine: {exc.strerror}") from None
+    if kind not in text:
+        what = "a PEM private key" if kind.startswith("PRIVATE") else "a PEM certificate"
+        raise UsageError(f"{label}: {value!r} is not {what} (no {kind.strip('-')} block)")
+
+
 def check_index_url(label: str, value: str, values: Mapping[str, Any]) -> None:
     if value and not re.match(r"^https?://[^\s/]+", value):
         raise UsageError(f"{label}: {value!r} is not an http(s) URL")
@@ -187,6 +211,19 @@ OPTIONS: tuple[Option, ...] = (
            "service-account JSON on this machine, for gs:// (pushed 0600 to the host)", None),
     Option("sftp-key-file", "mlflow_sftp_private_key_file", "str",
            "private key on this machine for sftp:// (pushed 0600 for the service user)", None),
+    Option("auth", "mlflow_auth", "choice",
+           "basic (default: MLflow's basic-auth app, an admin password generated on this machine) or none "
+           "(anyone who reaches the port can read and delete everything)", choices=("basic", "none")),
+    Option("tls", "mlflow_tls", "choice",
+           "put nginx with TLS in front (MLflow then listens on 127.0.0.1 only): self-signed, or "
+           "give --tls-cert and --tls-key; none (default) serves plain HTTP",
+           choices=("self-signed", "provided", "none")),
+    Option("tls-cert", "mlflow_tls_cert_file", "str", "PEM certificate (with chain) on this machine, for nginx",
+           check_pem_file),
+    Option("tls-key", "mlflow_tls_key_file", "str", "PEM private key on this machine (pushed 0600)", check_pem_file),
+    Option("allow-from", "mlflow_allow_from", "list",
+           "admit only this source network to the port (CIDR, repeatable); default: everyone",
+           check_networks, repeatable=True),
     Option("port", "mlflow_port", "int", "server port (default 5000)", check_port),
     Option("workers", "mlflow_workers", "int", "uvicorn workers (default 4)", check_workers),
     Option("allowed-hosts", "mlflow_allowed_hosts", "list",

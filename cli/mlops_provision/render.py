@@ -1,4 +1,4 @@
-"""Render the unit and environment file from templates/ — the files the role installs.
+"""Render the unit, the environment file and basic_auth.ini from templates/ — the files the role installs.
 
 Plain Jinja2 configured like Ansible's template module (trim_blocks, trailing newline kept),
 so `render` output equals the file on a host byte for byte; a test holds us to that.
@@ -14,7 +14,8 @@ import jinja2
 from mlops_provision import paths
 from mlops_provision.spec import DeploySpec
 
-TEMPLATES = {"mlflow.service": "mlflow.service.j2", "mlflow.env": "mlflow.env.j2"}
+TEMPLATES = {"mlflow.service": "mlflow.service.j2", "mlflow.env": "mlflow.env.j2",
+             "basic_auth.ini": "basic_auth.ini.j2"}
 MASK = "********"
 # Without --allowed-hosts each host computes its own list from its names and addresses.
 LOCAL_ONLY_HOSTS = ["localhost", "127.0.0.1", "localhost:*", "127.0.0.1:*"]
@@ -64,13 +65,27 @@ def store_env(values: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in env.items() if v}
 
 
+def auth_db_uri(values: dict[str, Any], backend: str) -> str:
+    """Where basic auth keeps its users, as the role derives _mlflow_auth_db_uri."""
+    if backend.startswith("postgresql"):
+        return "postgresql+psycopg2://" + backend.split("://", 1)[1]
+    return f"sqlite:///{values['mlflow_data_dir']}/auth.db"
+
+
 def render_files(spec: DeploySpec, *, mask_secrets: bool = True) -> dict[str, str]:
     variables: dict[str, Any] = dict(spec.effective)
     variables["_mlflow_allowed_hosts"] = variables["mlflow_allowed_hosts"] or LOCAL_ONLY_HOSTS
     variables["_mlflow_backend_uri"] = backend_uri(variables)
     variables["_mlflow_store_env"] = store_env(variables)
+    variables["_mlflow_listen_address"] = "127.0.0.1" if variables["mlflow_tls"] else variables["mlflow_bind_address"]
+    # Basic auth: the admin password and the CSRF key are generated on the control node at deploy time.
+    variables["_mlflow_auth_config"] = f"{variables['mlflow_config_dir']}/basic_auth.ini"
+    variables["_mlflow_auth_db_uri"] = auth_db_uri(variables, variables["_mlflow_backend_uri"])
+    variables["mlflow_auth_admin_password"] = MASK
+    variables["mlflow_auth_secret_key"] = MASK
     env = _environment()
-    out = {name: env.get_template(tpl).render(variables) for name, tpl in TEMPLATES.items()}
+    names = [n for n in TEMPLATES if n != "basic_auth.ini" or variables["mlflow_auth"] == "basic"]
+    out = {name: env.get_template(TEMPLATES[name]).render(variables) for name in names}
     if mask_secrets:
         for secret in spec.secrets():
             out = {name: text.replace(secret, MASK) for name, text in out.items()}
@@ -83,6 +98,6 @@ def write_files(files: dict[str, str], output_dir: Path) -> list[Path]:
     for name, text in files.items():
         target = output_dir / name
         target.write_text(text, encoding="utf-8")
-        target.chmod(0o600 if name.endswith(".env") else 0o644)
+        target.chmod(0o600 if name.endswith((".env", ".ini")) else 0o644)
         written.append(target)
     return written

@@ -97,8 +97,8 @@ def _coerce(opt: Option, label: str, value: Any) -> Any:
             return value
         raise UsageError(f"{label}: expected true or false, got {value!r}")
     if opt.kind == "list":
-        items = value if isinstance(value, list) else str(value).split(",")
-        return [str(i).strip() for i in items if str(i).strip()]
+        items = value if isinstance(value, list) else [value]
+        return [part.strip() for i in items for part in str(i).split(",") if part.strip()]
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise UsageError(f"{label}: expected a string, got {value!r}")
     text = str(value)
@@ -159,6 +159,7 @@ def _check_combination(spec: DeploySpec, labels: Mapping[str, str]) -> None:
             f"{labels.get('mlflow_default_artifact_root', '--default-artifact-root')}: mlflow-artifacts:/ needs "
             "--serve-artifacts; with --no-serve-artifacts give the store itself, e.g. s3://bucket/prefix"
         )
+    _check_tls(spec, labels)
     if eff.get("mlflow_install_method") != "index":
         for var in ("mlflow_pip_index_url", "mlflow_pip_ca_bundle", "mlflow_pip_proxy"):
             if eff.get(var):
@@ -166,3 +167,21 @@ def _check_combination(spec: DeploySpec, labels: Mapping[str, str]) -> None:
 
 
 
+
+
+def _check_tls(spec: DeploySpec, labels: Mapping[str, str]) -> None:
+    """--tls none|self-signed|provided with --tls-cert/--tls-key: one consistent mlflow_tls."""
+    cert, key = spec.explicit.get("mlflow_tls_cert_file"), spec.explicit.get("mlflow_tls_key_file")
+    mode = spec.explicit.get("mlflow_tls")
+    if bool(cert) != bool(key):
+        given = labels["mlflow_tls_cert_file" if cert else "mlflow_tls_key_file"]
+        raise UsageError(f"{given}: give --tls-cert and --tls-key together (the certificate and its private key)")
+    if cert:
+        if mode not in (None, "provided"):
+            raise UsageError(f"{labels['mlflow_tls']}: {mode} contradicts --tls-cert/--tls-key; "
+                             "drop one of them")
+        spec.explicit["mlflow_tls"] = "provided"
+    elif mode == "provided":
+        raise UsageError(f"{labels['mlflow_tls']}: provided needs --tls-cert FILE and --tls-key FILE")
+    elif mode == "none":
+        spec.explicit["mlflow_tls"] = ""

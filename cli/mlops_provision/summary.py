@@ -44,9 +44,13 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
                 f"  MLflow     {dep.get('version', '?')}",
                 f"  backend    {dep.get('backend', '?')}",
                 f"  artifacts  {dep.get('artifacts', '?')}",
+                *_security_lines(name, dep),
                 f"  health     {health_text}",
                 f"  use        export MLFLOW_TRACKING_URI={url}",
             ]
+            if dep.get("auth_user"):
+                lines.append(f"             export MLFLOW_TRACKING_USERNAME={dep['auth_user']} "
+                             f"MLFLOW_TRACKING_PASSWORD=$(mlops-provision user admin-password --host {name})")
             if dep.get("artifact_kind") in ("s3", "gs", "wasbs") and str(dep.get("serve_artifacts")) == "True":
                 # MLflow >= 3.x clients fetch large artifacts of such stores through presigned URLs,
                 # straight from the store, unless told otherwise.
@@ -54,6 +58,33 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
                              "  # if clients cannot reach the store itself")
     lines.append(f"duration {result.duration:.1f} s; full log: {result.run_dir / 'ansible.log'}")
     return "\n".join(lines)
+
+
+def _security_lines(name: str, dep: dict[str, object]) -> list[str]:
+    """Authentication, TLS and who may connect: what an operator must know about exposure."""
+    lines = []
+    if dep.get("auth_user"):
+        lines.append(f"  auth       basic: admin user {dep['auth_user']}, password kept on this machine "
+                     f"(mlops-provision user admin-password --host {name})")
+    else:
+        lines.append("  auth       NONE (--auth none): WARNING anyone who reaches the server can read, change "
+                     "and delete every experiment, run and model")
+    tls = str(dep.get("tls") or "")
+    if tls:
+        lines.append(f"  tls        {tls} (nginx in front; MLflow itself listens on 127.0.0.1 only)")
+    ports = "443 and 80" if tls else str(dep.get("port", 5000))
+    allow_from = dep.get("allow_from")
+    allow = [str(a) for a in allow_from] if isinstance(allow_from, list) else []
+    firewall = str(dep.get("firewall") or "unmanaged")
+    if allow:
+        lines.append(f"  firewall   port {ports} open only to {', '.join(allow)} ({firewall})")
+    elif firewall in ("none", "unmanaged"):
+        why = "not managed here" if firewall == "unmanaged" else "no host firewall active"
+        lines.append(f"  firewall   port {ports} open to everyone ({why}; --allow-from CIDR needs ufw, "
+                     "firewalld or nftables)")
+    else:
+        lines.append(f"  firewall   port {ports} open to everyone ({firewall}; --allow-from CIDR limits it)")
+    return lines
 
 
 def destroy_summary(result: RunResult, purge: bool) -> str:

@@ -30,13 +30,14 @@ class Targets:
     sandboxes: dict[str, Sandbox] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)  # host -> address for URLs
 
-    def url(self, host: str, port: int) -> str:
+    def url(self, host: str, port: int, scheme: str = "http") -> str:
         if host in self.sandboxes:
-            return self.sandboxes[host].url
+            box = self.sandboxes[host]
+            return f"https://127.0.0.1:{box.https_port}" if scheme == "https" else box.url
         address = self.addresses.get(host, host)
         if ":" in address:
             address = f"[{address}]"
-        return f"http://{address}:{port}"
+        return f"{scheme}://{address}" + ("" if (scheme, port) == ("https", 443) else f":{port}")
 
 
 def _inventory_hosts(inventories: list[Path]) -> dict[str, dict[str, Any]]:

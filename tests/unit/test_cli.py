@@ -96,7 +96,9 @@ def test_argument_specs_mirror_defaults_key_for_key(role: str) -> None:
 
 
 def test_every_option_maps_to_a_role_variable() -> None:
-    defaults = yaml.safe_load((ROOT / "roles/mlflow_server/defaults/main.yml").read_text())
+    defaults: dict[str, object] = {}
+    for path in sorted(ROOT.glob("roles/*/defaults/main.yml")):
+        defaults.update(yaml.safe_load(path.read_text()))
     for opt in OPTIONS:
         assert opt.var in defaults, opt.var
 

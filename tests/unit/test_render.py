@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import itertools
 import subprocess
 from pathlib import Path
@@ -65,7 +66,15 @@ def test_every_combination_renders_and_systemd_accepts_the_unit(
         assert env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] == artifacts["default_artifact_root"]
         assert "MLFLOW_ARTIFACTS_DESTINATION" not in env
     # No value, and so no secret, is on the command line.
-    assert "ExecStart=" + str(install_dir) + "/current/bin/mlflow server\n" in files["mlflow.service"]
+    exec_start = f"ExecStart={install_dir}/current/bin/mlflow server --app-name basic-auth\n"
+    assert exec_start in files["mlflow.service"]
+    # Basic auth by default: its users live beside the tracking data, in the same database for PostgreSQL.
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/etc/mlflow/basic_auth.ini"
+    auth = configparser.ConfigParser()
+    auth.read_string(files["basic_auth.ini"])
+    assert auth["mlflow"]["database_uri"] == (expected_backend if backend.startswith("postgresql")
+                                              else "sqlite:////var/lib/mlflow/auth.db")
+    assert auth["mlflow"]["admin_username"] == "admin"
     privileged = int(port) < 1024
     assert ("AmbientCapabilities=CAP_NET_BIND_SERVICE" in files["mlflow.service"]) == privileged
 
@@ -108,3 +117,23 @@ def test_managed_postgresql_renders_a_masked_uri_and_pool_settings() -> None:
     sqlite_env = render_files(build_spec({}, environ={}))["mlflow.env"]
     assert "POOL_SIZE" not in sqlite_env
     assert 'MLFLOW_BACKEND_STORE_URI="sqlite:////var/lib/mlflow/mlflow.db"\n' in sqlite_env
+
+
+def test_auth_none_drops_the_auth_app_and_its_files() -> None:
+    files = render_files(build_spec({"auth": "none"}, environ={}))
+    assert "basic_auth.ini" not in files
+    assert "--app-name" not in files["mlflow.service"]
+    assert "MLFLOW_AUTH_CONFIG_PATH" not in files["mlflow.env"]
+
+
+def test_tls_binds_mlflow_to_loopback_only() -> None:
+    env = _env_lines(render_files(build_spec({"tls": "self-signed"}, environ={}))["mlflow.env"])
+    assert env["MLFLOW_HOST"] == "127.0.0.1"
+
+
+def test_a_percent_in_a_database_password_survives_configparser() -> None:
+    uri = "postgresql://u:p%25w%40rd@db:5432/mlflow"
+    files = render_files(build_spec({"backend_store_uri": uri}, environ={}), mask_secrets=False)
+    auth = configparser.ConfigParser()
+    auth.read_string(files["basic_auth.ini"])
+    assert auth["mlflow"]["database_uri"] == "postgresql+psycopg2://u:p%25w%40rd@db:5432/mlflow"

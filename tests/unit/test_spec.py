@@ -106,7 +106,7 @@ def test_flag_beats_config_file_beats_default(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    ("port: 5000\nfoo: 1\n", "unknown key 'foo'; valid keys: allow_insecure_version, allowed_hosts"),
+    ("port: 5000\nfoo: 1\n", "unknown key 'foo'; valid keys: allow_from, allow_insecure_version, allowed_hosts"),
     ("port: [1, 2]\n", "port in {path}: expected a whole number, got [1, 2]"),
     ("serve_artifacts: 'yes please'\n", "serve_artifacts in {path}: expected true or false"),
     ("- port\n", "--config {path}: must be a mapping of option: value"),

@@ -23,6 +23,7 @@ from mlops_provision.sandbox.podman import podman
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 CONTAINER_PREFIX = "mlops-sandbox-"
 MLFLOW_PORT = 5000
+HTTPS_PORT = 443
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Sandbox:
     user: str
     key_file: str
     known_hosts: str
+    https_port: int = 0  # on 127.0.0.1, published to the container's 443 (--tls)
 
     def inventory_vars(self) -> dict[str, object]:
         return {
@@ -115,17 +117,19 @@ def up(name: str, distro: str, *, host_loopback: bool = False,
     box = Sandbox(
         name=name, distro=distro, container=CONTAINER_PREFIX + name,
         ssh_port=_free_port(), mlflow_port=_free_port(), user=SANDBOX_USER,
-        key_file=str(key), known_hosts=str(_dir() / f"{name}.known_hosts"),
+        key_file=str(key), known_hosts=str(_dir() / f"{name}.known_hosts"), https_port=_free_port(),
     )
     Path(box.known_hosts).unlink(missing_ok=True)
     podman("rm", "--force", "--ignore", box.container)
     # SYS_ADMIN: systemd sandboxing (ProtectSystem=, PrivateTmp=) needs mount namespaces.
+    # NET_ADMIN: the VM's own firewall (nftables) works as on a real host.
     network = ["--network", "slirp4netns:allow_host_loopback=true"] if host_loopback else []
     podman(
         "run", "--detach", "--name", box.container, "--hostname", name, *network,
-        "--systemd=always", "--cap-add", "SYS_ADMIN",
+        "--systemd=always", "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN",
         "--publish", f"127.0.0.1:{box.ssh_port}:22",
         "--publish", f"127.0.0.1:{box.mlflow_port}:{MLFLOW_PORT}",
+        "--publish", f"127.0.0.1:{box.https_port}:{HTTPS_PORT}",
         "--label", "mlops-provision.sandbox=" + name,
         image, "/sbin/init",
     )
