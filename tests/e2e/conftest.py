@@ -50,12 +50,20 @@ class VM:
         cli("sandbox", "down", "--name", name)
 
 
-def mlflow_client(code: str) -> dict[str, object]:
+def admin_env(vm: VM, *secrets_args: str) -> dict[str, str]:
+    """MLflow client variables that log in as the admin the deploy created (basic auth is on
+    by default); the password comes from this machine's secrets store through the CLI."""
+    proc = cli("user", "admin-password", "--host", vm.name, *secrets_args)
+    assert proc.returncode == 0, proc.stderr
+    return {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": proc.stdout.strip()}
+
+
+def mlflow_client(code: str, env: dict[str, str] | None = None) -> dict[str, object]:
     """Run code with the real mlflow client in the test venv; it prints one JSON line last."""
     import json
     from pathlib import Path
 
-    proc = subprocess.run([str(Path(CLI).with_name("python")), "-c", code],
+    proc = subprocess.run([str(Path(CLI).with_name("python")), "-c", code], env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI
-from tests.e2e.conftest import VM, cli, mlflow_client, places_where_secrets_must_not_be
+from tests.e2e.conftest import VM, admin_env, cli, mlflow_client, places_where_secrets_must_not_be
 from tests.servers import HOST_FROM_SANDBOX, Azurite, SeaweedS3
 
 pytestmark = pytest.mark.e2e
@@ -62,7 +62,8 @@ def s3_env(s3: SeaweedS3, secret: str | None = None) -> dict[str, str]:
             "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def log_big_artifact(url: str, env: dict[str, str] | None = None, experiment: str = "Default") -> dict[str, object]:
+def log_big_artifact(vm: VM, env: dict[str, str] | None = None, experiment: str = "Default") -> dict[str, object]:
+    url = vm.url
     """Log a 50 MB artifact with the real client, download it back; report checksums."""
     code = f"""
 import hashlib, json, os, tempfile, mlflow
@@ -84,7 +85,7 @@ with tempfile.TemporaryDirectory() as d:
     saved = dict(os.environ)
     os.environ.update(env or {})
     try:
-        return mlflow_client(code)
+        return mlflow_client(code, admin_env(vm))
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -105,7 +106,7 @@ def test_s3_proxied_deploy_and_a_50mb_round_trip(vm: VM, s3: SeaweedS3) -> None:
     # The store's endpoint (10.0.2.2) is reachable from the VM only, as on many sites: the client
     # must not take MLflow's presigned-URL shortcut for large downloads.
     assert "export MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false" in proc.stdout
-    result = log_big_artifact(vm.url, PROXY_ONLY)
+    result = log_big_artifact(vm, PROXY_ONLY)
     assert result["back"] == result["sha"]
     assert str(result["artifact_uri"]).startswith("mlflow-artifacts:/")
     # The object really sits in the bucket, byte for byte.
@@ -154,7 +155,7 @@ def test_s3_direct_mode(vm: VM, s3: SeaweedS3) -> None:
     assert "artifacts  s3://mlflow-direct/root\n" in proc.stdout
     client_env = {**s3_env(s3), "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3.port}"}
     # A new experiment: existing ones keep their proxied location (MLflow's rule, see the switch test).
-    result = log_big_artifact(vm.url, client_env, experiment="direct-mode")  # the client talks to the store
+    result = log_big_artifact(vm, client_env, experiment="direct-mode")  # the client talks to the store
     assert result["back"] == result["sha"]
     assert str(result["artifact_uri"]).startswith("s3://mlflow-direct/root/")
     assert s3_object_sha(s3, "mlflow-direct", f"{result['run_id']}/artifacts/model/weights.bin") == result["sha"]
@@ -165,7 +166,7 @@ def test_azure_blob_proxied_round_trip(vm: VM, azurite: Azurite) -> None:
     proc = deploy(vm, env, "--artifacts-destination",
                   "wasbs://mlflow@devstoreaccount1.blob.core.windows.net/artifacts", "--force")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = log_big_artifact(vm.url, PROXY_ONLY, experiment="azure")
+    result = log_big_artifact(vm, PROXY_ONLY, experiment="azure")
     assert result["back"] == result["sha"]
     container = azurite.service().get_container_client("mlflow")
     suffix = f"{result['run_id']}/artifacts/model/weights.bin"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI
-from tests.e2e.conftest import VM, cli
+from tests.e2e.conftest import VM, admin_env, cli
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +68,7 @@ with tempfile.TemporaryDirectory() as d:
                       "run_id": run.info.run_id, "exp": run.info.experiment_id}}))
 """
     proc = subprocess.run([os.environ.get("PYTHON", str(Path(CLI).with_name("python"))), "-c", code],
-                          capture_output=True, text=True, timeout=300)
+                          env={**os.environ, **admin_env(vm)}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["params"] == {"alpha": "0.5"}
@@ -166,16 +166,25 @@ def test_check_mode_reports_but_changes_nothing(vm: VM) -> None:
     assert vm.digest("/etc/mlflow/mlflow.env") == before
 
 
-def test_server_that_fails_on_the_host_exits_1_with_the_journal_then_recovers(vm: VM) -> None:
+def test_a_deploy_that_fails_on_the_host_rolls_back_to_the_running_server(vm: VM) -> None:
+    env_before = vm.digest("/etc/mlflow/mlflow.env")
+    venv_before = vm.sh("readlink /opt/mlflow/current").strip()
+    # A value only the server itself rejects, at start: the deploy cannot catch it earlier.
     broken = json.dumps({"mlflow_extra_env": {"MLFLOW_WORKERS": "many"},
                          "mlflow_health_retries": 5, "mlflow_health_delay": 2})
     proc = cli("deploy", "--host", vm.name, "-e", broken)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert f"mlflow.service did not answer http://127.0.0.1:5000/health within 10 s on {vm.name}" in proc.stdout
+    assert f"mlflow.service did not answer http://127.0.0.1:5000/health within 10 s on {vm.name}." in proc.stdout
+    assert "Rolled back: the previous configuration and venv serve again (/health OK)." in proc.stdout
     assert "'many' is not a valid integer" in proc.stdout + proc.stderr  # the journal tail names the cause
-    proc = cli("deploy", "--host", vm.name)  # the fixed input recovers, crash-loop limit or not
+    # The previous server runs again, with its own files and venv, and answers from outside.
+    assert vm.sh("systemctl is-active mlflow.service").strip() == "active"
+    assert vm.digest("/etc/mlflow/mlflow.env") == env_before
+    assert vm.sh("readlink /opt/mlflow/current").strip() == venv_before
+    assert cli("health", "--host", vm.name).returncode == 0
+    proc = cli("deploy", "--host", vm.name)  # and the next good deploy finds nothing to change
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "health     OK" in proc.stdout
+    assert "changed=0" in proc.stdout
 
 
 def test_unreachable_host_exits_3() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI
-from tests.e2e.conftest import VM, cli, mlflow_client, places_where_secrets_must_not_be
+from tests.e2e.conftest import VM, admin_env, cli, mlflow_client, places_where_secrets_must_not_be
 
 pytestmark = pytest.mark.e2e
 OUTPUTS: list[str] = []  # every CLI output of this module, checked for the password at the end
@@ -67,7 +67,7 @@ version = client.create_model_version("pg-model", f"runs:/{{run.info.run_id}}/mo
 got = client.get_model_version("pg-model", version.version)
 metrics = client.get_run(run.info.run_id).data.metrics
 print(json.dumps({{"run_id": run.info.run_id, "version": got.version, "metrics": metrics}}))
-""")
+""", admin_env(vm))
     assert result["metrics"] == {"loss": 0.125}
     assert str(result["version"]) == "1"
     sql = ("SELECT (SELECT count(*) FROM runs WHERE run_uuid = '{0}') || ' ' || "
@@ -171,7 +171,7 @@ client = MlflowClient()
 client.create_registered_model("sqlite-registry-model")
 v = client.create_model_version("sqlite-registry-model", f"runs:/{{run.info.run_id}}/m", run.info.run_id)
 print(json.dumps({{"version": v.version, "names": [m.name for m in client.search_registered_models()]}}))
-""")
+""", admin_env(vm, "--vault-password-file", str(vault_pass)))
     assert result["names"] == ["sqlite-registry-model"]  # pg-model lives in the other store
     tables = vm.sh("runuser -u postgres -- psql -d mlflow -tAc "
                    "\"SELECT count(*) FROM registered_models WHERE name = 'sqlite-registry-model'\"")
