@@ -107,6 +107,8 @@ def deploy(args: argparse.Namespace) -> int:
     extravars["mlflow_tls_fetch_dir"] = str(tls_dir)
     if args.force:
         extravars["mlflow_force"] = True
+    if args.allow_insecure_version or spec.config.get("allow_insecure_version"):
+        extravars["mlflow_allow_insecure_version"] = True
 
     def store_credentials(secrets_dir: Path) -> dict[str, str]:
         # With an inventory the credentials may live there (vaulted group_vars): not required here.

@@ -88,8 +88,18 @@ def render_files(spec: DeploySpec, *, mask_secrets: bool = True) -> dict[str, st
     out = {name: env.get_template(TEMPLATES[name]).render(variables) for name in names}
     if mask_secrets:
         for secret in spec.secrets():
-            out = {name: text.replace(secret, MASK) for name, text in out.items()}
+            for form in sorted(_written_forms(secret), key=len, reverse=True):
+                out = {name: text.replace(form, MASK) for name, text in out.items()}
     return out
+
+
+def _written_forms(secret: str) -> set[str]:
+    """A secret as it appears in each file: raw, escaped for systemd's EnvironmentFile parser
+    (templates/mlflow.env.j2) and with % doubled for configparser (basic_auth.ini.j2)."""
+    env = secret
+    for char in ("\\", '"', "$", "`"):
+        env = env.replace(char, "\\" + char)
+    return {secret, env, secret.replace("%", "%%")}
 
 
 def write_files(files: dict[str, str], output_dir: Path) -> list[Path]:

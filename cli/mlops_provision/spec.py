@@ -80,8 +80,28 @@ def load_config(path: str) -> dict[str, Any]:
         key = str(raw_key).replace("-", "_")
         if key not in OPTIONS_BY_KEY and key not in EXTRA_CONFIG_KEYS:
             raise UsageError(f"{label}: unknown key {raw_key!r}; valid keys: {', '.join(valid)}")
+        if key in EXTRA_CONFIG_KEYS:
+            value = _config_value(f"{key} in {path}", EXTRA_CONFIG_KEYS[key], value)
         out[key] = value
     return out
+
+
+def _config_value(label: str, kind: str, value: Any) -> Any:
+    """The config keys that are not server options: a bool, a path, a list of host names."""
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise UsageError(f"{label}: expected true or false (unquoted), got {value!r}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str) or not value:
+            raise UsageError(f"{label}: expected one file path, got {value!r}")
+        _check_plain(label, value)
+        return value
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+        raise UsageError(f"{label}: expected a host name or a list of host names, got {value!r}")
+    _check_plain(label, items)
+    return items
 
 
 def _coerce(opt: Option, label: str, value: Any) -> Any:

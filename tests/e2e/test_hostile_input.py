@@ -49,7 +49,24 @@ class Row:
 
 # ---- PENDING: rows for --allow-from CIDR and --auth basic|none (flags added on main later) ----
 # Same shape as CLI_ROWS; they run in test_refused_on_the_control_node.
-PENDING_ROWS: list[Row] = []
+PENDING_ROWS: list[Row] = [
+    Row("allow-from-prefix-too-long", ("deploy", "--host", "{vm}", "--allow-from", "10.0.0.0/33"),
+        "error: --allow-from: '10.0.0.0/33' is not a network in CIDR form with its host bits zero"),
+    Row("allow-from-host-bits", ("deploy", "--host", "{vm}", "--allow-from", "10.1.2.3/8"),
+        "error: --allow-from: '10.1.2.3/8' is not a network in CIDR form"),
+    Row("allow-from-word", ("deploy", "--host", "{vm}", "--allow-from", "10.0.0.0/8", "--allow-from", "anywhere"),
+        "error: --allow-from: 'anywhere' is not a network in CIDR form"),
+    Row("allow-from-shell", ("deploy", "--host", "{vm}", "--allow-from", "10.0.0.0/8;reboot"),
+        "error: --allow-from: '10.0.0.0/8;reboot' is not a network in CIDR form"),
+    Row("auth-unknown", ("deploy", "--host", "{vm}", "--auth", "maybe"),
+        "error: --auth: 'maybe' is not valid; choose one of: basic, none"),
+    Row("tls-cert-without-key", ("deploy", "--host", "{vm}", "--tls-cert", "/etc/hostname"),
+        "is not a PEM certificate"),
+    Row("tls-provided-without-files", ("deploy", "--host", "{vm}", "--tls", "provided"),
+        "error: --tls: provided needs --tls-cert FILE and --tls-key FILE"),
+    Row("tls-key-missing-file", ("deploy", "--host", "{vm}", "--tls-key", "/nonexistent/key.pem"),
+        "error: --tls-key: cannot read '/nonexistent/key.pem' on this machine: No such file or directory"),
+]
 # ------------------------------------------------------------------------------------------------
 
 SANDBOX = "hostile-e2e"
@@ -217,15 +234,14 @@ CONFIG_ROWS: list[Row] = [
         config="inventory: /nonexistent/hostile-inv.yml"),
     Row("config-file-missing", (*DEPLOY, "--config", "/nonexistent/hostile.yml"),
         "error: --config /nonexistent/hostile.yml: file not found"),
-    Row("config-insecure-flag-as-string", ("render", "--config", "{config}"), "3.14.0 or newer",
-        config='allow_insecure_version: "false"\nmlflow_version: 3.13.0',
-        bug='allow_insecure_version is not type-checked: the string "false" is truthy and lifts the version floor'),
-    Row("config-host-string", ("deploy", "--config", "{config}"), "'-bad'", config='host: "-bad"',
-        bug="host: as a string is split into characters (the message names '-'; `host: vm1` looks up v, m, 1)"),
-    Row("config-inventory-list", ("deploy", "--config", "{config}"), "inventory", config="inventory: [a.yml, b.yml]",
-        bug="inventory: as a list crashes with a TypeError traceback, exit 1"),
-    Row("config-host-number", ("deploy", "--config", "{config}"), "host", config="host: 5",
-        bug="host: as a number crashes with a TypeError traceback, exit 1"),
+    Row("config-insecure-flag-as-string", ("render", "--config", "{config}"),
+        "allow_insecure_version in {config}: expected true or false (unquoted), got 'false'",
+        config='allow_insecure_version: "false"\nmlflow_version: 3.13.0'),
+    Row("config-host-string", ("deploy", "--config", "{config}"), "'-bad'", config='host: "-bad"'),
+    Row("config-inventory-list", ("deploy", "--config", "{config}"),
+        "inventory in {config}: expected one file path, got ['a.yml', 'b.yml']", config="inventory: [a.yml, b.yml]"),
+    Row("config-host-number", ("deploy", "--config", "{config}"),
+        "host in {config}: expected a host name or a list of host names, got 5", config="host: 5"),
 ]
 
 
@@ -248,13 +264,11 @@ INVENTORY_ROWS: list[InventoryRow] = [
                  "no control characters or newlines in any value"),
     InventoryRow("inv-workers-word", {"mlflow_workers": "many"},
                  "argument 'mlflow_workers' is of type str and we were unable to convert to int"),
-    InventoryRow("inv-version-below-floor", {"mlflow_version": "3.13.0"}, "3.14",
-                 bug="the role has no version floor: mlflow_version 3.13.0 from an inventory passes preflight"),
+    InventoryRow("inv-version-below-floor", {"mlflow_version": "3.13.0"},
+                 "mlflow_version 3.13.0 has known server vulnerabilities; use 3.14.0 or newer"),
     InventoryRow("inv-newline-in-install-dir",
                  {"mlflow_install_dir": f"/opt/mlflow\nExecStartPre=/usr/bin/touch {PWNED}"},
-                 "no control characters or newlines in any value",
-                 bug="preflight checks control characters only in some variables; mlflow_install_dir is written "
-                     "into the unit's ExecStart= line"),
+                 "no control characters or newlines in any value"),
     InventoryRow("inv-unreachable", {}, "hostile-inv: UNREACHABLE", code=3, reachable=False),
 ]
 
@@ -437,8 +451,6 @@ def test_metacharacters_reach_the_process_byte_for_byte(case: str, vm: VM, basel
     assert _snapshot(vm) == baseline
 
 
-@pytest.mark.xfail(strict=True, reason="render masks the raw password, but the env file holds it escaped "
-                                       "(\\\" \\$ \\\\ \\`), so a password with those characters is printed")
 def test_render_masks_a_password_with_metacharacters() -> None:
     proc = cli("render", "--backend-store-uri", 'postgresql://u:Sup3r"$ecret@db:5432/mlflow')
     assert proc.returncode == 0, proc.stderr
