@@ -1,0 +1,172 @@
+"""Secure by default, end to end on one sandbox, in order: basic auth and the user commands,
+the admin password kept out of every log, --auth none, the firewall allowlist against a real
+nftables ruleset, and TLS through nginx with a self-signed certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CLI
+from tests.e2e.conftest import VM, admin_env, cli, mlflow_client, places_where_secrets_must_not_be
+
+pytestmark = pytest.mark.e2e
+
+PROTECTED = "/api/2.0/mlflow/experiments/search?max_results=1"
+OUTPUTS: list[str] = []  # every CLI output of this module, searched for secrets at the end
+STATE = Path(os.environ["MLOPS_PROVISION_HOME"])
+
+
+@pytest.fixture(scope="module")
+def vm() -> Iterator[VM]:
+    yield from VM.up("sec-e2e", "debian12")
+
+
+def deploy(vm: VM, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = cli("deploy", "--host", vm.name, *args)
+    OUTPUTS.append(proc.stdout + proc.stderr)
+    return proc
+
+
+def status(url: str, user: str = "", password: str = "", host: str = "", cafile: str = "",
+           timeout: float = 10) -> int:
+    """The HTTP status of a GET, or 0 when no answer came (refused, dropped, TLS refused)."""
+    req = urllib.request.Request(url)  # noqa: S310 - test URLs on loopback
+    if user:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    if host:
+        req.add_header("Host", host)
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def admin_password(vm: VM) -> str:
+    return admin_env(vm)["MLFLOW_TRACKING_PASSWORD"]
+
+
+def test_basic_auth_is_on_by_default(vm: VM) -> None:
+    proc = deploy(vm)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "  auth       basic: admin user admin, password kept on this machine" in proc.stdout
+    assert "  firewall   port 5000 open to everyone (no host firewall active;" in proc.stdout
+    password = admin_password(vm)
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
+    assert status(vm.url + PROTECTED) == 401  # anonymous
+    assert status(vm.url + PROTECTED, "admin", "password1234") == 401  # MLflow's old default never works
+    assert status(vm.url + PROTECTED, "admin", password) == 200
+    assert status(vm.url + "/health") == 200  # load balancers and monitoring need no password
+    assert vm.sh("stat -c '%a %U %G' /etc/mlflow/basic_auth.ini").strip() == "640 root mlflow"
+    assert vm.sh("stat -c '%U' /var/lib/mlflow/auth.db").strip() == "mlflow"
+    assert "--app-name basic-auth" in vm.sh("systemctl show -p ExecStart --value mlflow.service")
+    proc = cli("health", "--host", vm.name, "--deep")  # logs in with the kept password
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_user_commands_manage_real_users(vm: VM) -> None:
+    proc = cli("user", "add", "--host", vm.name, "alice")
+    assert proc.returncode == 0, proc.stderr
+    alice = re.search(r"password \(shown once, not kept\): (\S+)", proc.stdout).group(1)  # type: ignore[union-attr]
+    result = mlflow_client(f"""
+import json, mlflow
+mlflow.set_tracking_uri({vm.url!r})
+mlflow.set_experiment("alice-exp")
+with mlflow.start_run() as run:
+    mlflow.log_metric("loss", 0.5)
+print(json.dumps({{"metrics": mlflow.get_run(run.info.run_id).data.metrics}}))
+""", {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": alice})
+    assert result["metrics"] == {"loss": 0.5}
+
+    proc = cli("user", "list", "--host", vm.name)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"(?m)^admin +yes$", proc.stdout) and re.search(r"(?m)^alice +no$", proc.stdout)
+
+    proc = subprocess.run([CLI, "user", "passwd", "--host", vm.name, "alice", "--password-stdin"],
+                          input="a-new-password-for-alice\n", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert status(vm.url + PROTECTED, "alice", alice) == 401
+    assert status(vm.url + PROTECTED, "alice", "a-new-password-for-alice") == 200
+
+    proc = cli("user", "remove", "--host", vm.name, "alice")
+    assert proc.returncode == 0, proc.stderr
+    assert status(vm.url + PROTECTED, "alice", "a-new-password-for-alice") == 401
+
+    proc = cli("user", "remove", "--host", vm.name, "admin")
+    assert proc.returncode == 2
+    assert "admin is the admin user this tool logs in with; it cannot be removed here" in proc.stderr
+
+    # Rotating the admin password keeps the new one for the tool itself.
+    old = admin_password(vm)
+    proc = cli("user", "passwd", "--host", vm.name, "admin")
+    assert proc.returncode == 0, proc.stderr
+    assert "kept in the secrets store" in proc.stdout and old not in proc.stdout
+    assert status(vm.url + PROTECTED, "admin", old) == 401
+    assert status(vm.url + PROTECTED, "admin", admin_password(vm)) == 200
+    assert cli("health", "--host", vm.name).returncode == 0
+    proc = deploy(vm)  # a redeploy keeps working with the rotated password, and changes nothing
+    assert proc.returncode == 0 and "changed=0" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_admin_password_and_csrf_key_never_leak(vm: VM) -> None:
+    secrets = [admin_password(vm), (STATE / "secrets" / f"mlflow-flask-{vm.name}.key").read_text().split()[0]]
+    assert all(len(s) >= 32 for s in secrets)
+    places = places_where_secrets_must_not_be(vm, OUTPUTS)
+    assert [name for name, text in places.items() if any(s in text for s in secrets)] == []
+
+
+def test_auth_none_is_an_explicit_opt_out_with_a_warning(vm: VM) -> None:
+    proc = deploy(vm, "--auth", "none")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "  auth       NONE (--auth none): WARNING anyone who reaches the server can read, change" in proc.stdout
+    assert status(vm.url + PROTECTED) == 200
+    assert vm.sh("test -e /etc/mlflow/basic_auth.ini || echo gone").strip() == "gone"
+    proc = deploy(vm)  # and back: the users kept their passwords
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert status(vm.url + PROTECTED) == 401
+    assert status(vm.url + PROTECTED, "admin", admin_password(vm)) == 200
+
+
+def test_allow_from_limits_the_port_with_nftables(vm: VM) -> None:
+    # A host firewall like many servers have: drop by default, SSH allowed.
+    vm.sh("apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null")
+    vm.sh("nft -f - <<'EOF'\n"
+          "table inet filter {\n chain input {\n  type filter hook input priority 0; policy drop;\n"
+          "  ct state established,related accept\n  iif lo accept\n  tcp dport 22 accept\n }\n}\nEOF")
+    assert status(vm.url + "/health", timeout=3) == 0  # the drop policy holds
+    # This machine reaches the VM's published ports from the podman network's gateway.
+    gateway = vm.sh("ip -4 route show default | awk '{print $3}'").strip()
+
+    proc = deploy(vm, "--allow-from", f"{gateway}/32", "--allow-from", "2001:db8::/32")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"  firewall   port 5000 open only to {gateway}/32, 2001:db8::/32 (nftables)" in proc.stdout
+    assert status(vm.url + "/health") == 200
+    chain = vm.sh("nft list chain inet filter input")
+    assert f"ip saddr {gateway} tcp dport 5000 accept" in chain
+    assert "ip6 saddr 2001:db8::/32 tcp dport 5000 accept" in chain
+
+    proc = deploy(vm, "--allow-from", "192.0.2.0/24")  # a network this machine is not in
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert status(vm.url + "/health", timeout=3) == 0
+    chain = vm.sh("nft list chain inet filter input")
+    assert gateway not in chain and chain.count('comment "mlflow"') == 1  # the old rules were replaced
+
+    proc = deploy(vm)  # no allowlist: open to all, and the summary says so
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "  firewall   port 5000 open to everyone (nftables; --allow-from CIDR limits it)" in proc.stdout
+    assert status(vm.url + "/health") == 200
