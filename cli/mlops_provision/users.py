@@ -17,7 +17,7 @@ class UserError(ProvisionError):
     """The server refused or failed a user operation (exit 1)."""
 
 
-def generate_password(length: int = 24) -> str:
+def generate_password(length: int = 32) -> str:
     return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(length))
 
 
