@@ -42,14 +42,14 @@ def deploy(vm: VM, *args: str) -> subprocess.CompletedProcess[str]:
 def status(url: str, user: str = "", password: str = "", host: str = "", cafile: str = "",
            timeout: float = 10) -> int:
     """The HTTP status of a GET, or 0 when no answer came (refused, dropped, TLS refused)."""
-    req = urllib.request.Request(url)  # noqa: S310 - test URLs on loopback
+    req = urllib.request.Request(url)
     if user:
         req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     if host:
         req.add_header("Host", host)
     context = ssl.create_default_context(cafile=cafile) if cafile else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -172,3 +172,43 @@ def test_allow_from_limits_the_port_with_nftables(vm: VM) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "  firewall   port 5000 open to everyone (nftables; --allow-from CIDR limits it)" in proc.stdout
     assert status(vm.url + "/health") == 200
+
+
+def test_tls_self_signed_through_nginx(vm: VM) -> None:
+    proc = deploy(vm, "--tls", "self-signed")  # the nftables drop policy of the last test is still on
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    url = re.search(r"URL        (https://127\.0\.0\.1:\d+)\n", proc.stdout).group(1)  # type: ignore[union-attr]
+    assert "  tls        self-signed (nginx in front; MLflow itself listens on 127.0.0.1 only)" in proc.stdout
+    assert "  firewall   port 443 and 80 open to everyone (nftables;" in proc.stdout
+    assert "  health     OK" in proc.stdout  # the CLI trusts the certificate it fetched
+    ca = str(STATE / "tls" / f"{vm.name}.crt")
+    assert status(url + "/health", cafile=ca) == 200
+    assert status(url + "/health") == 0  # an unknown certificate is not trusted
+    assert status(url + "/health", host="evil.example", cafile=ca) == 421  # a forged Host never reaches MLflow
+    assert status(url + PROTECTED, cafile=ca) == 401
+    assert status(url + PROTECTED, "admin", admin_password(vm), cafile=ca) == 200
+    listening = vm.sh("ss -Hltn 'sport = :5000'")
+    assert "127.0.0.1:5000" in listening and "0.0.0.0:5000" not in listening and "*:5000" not in listening
+    assert status(vm.url + "/health", timeout=3) == 0  # the old plain port is closed
+    redirect = vm.sh("curl -s -o /dev/null -w '%{http_code} %{redirect_url}' http://localhost/health?x=1")
+    assert redirect == "301 https://localhost/health?x=1"
+    fqdn = vm.sh("hostname -f").strip()
+    assert vm.sh(f"curl -sf --cacert /etc/mlflow/tls/mlflow.crt https://{fqdn}/health").strip() == "OK"
+    assert cli("health", "--host", vm.name, "--deep").returncode == 0
+
+    # The real client over HTTPS, trusting the fetched certificate: a run and an 8 MB artifact.
+    result = mlflow_client(f"""
+import hashlib, json, os, tempfile, mlflow
+mlflow.set_tracking_uri({url!r})
+mlflow.set_experiment("tls")
+blob = os.urandom(8 * 1024 * 1024)
+with tempfile.TemporaryDirectory() as d:
+    open(os.path.join(d, "w.bin"), "wb").write(blob)
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(os.path.join(d, "w.bin"))
+    back = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="w.bin", dst_path=d + "/o")
+    print(json.dumps({{"same": hashlib.sha256(open(back, "rb").read()).digest() == hashlib.sha256(blob).digest()}}))
+""", {**admin_env(vm), "MLFLOW_TRACKING_SERVER_CERT_PATH": ca})
+    assert result["same"] is True
+    digest = hashlib.sha256(Path(ca).read_bytes()).hexdigest()
+    assert digest == hashlib.sha256(vm.sh("cat /etc/mlflow/tls/mlflow.crt").encode()).hexdigest()
