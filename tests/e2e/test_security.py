@@ -146,7 +146,7 @@ def test_auth_none_is_an_explicit_opt_out_with_a_warning(vm: VM) -> None:
 
 def test_allow_from_limits_the_port_with_nftables(vm: VM) -> None:
     # A host firewall like many servers have: drop by default, SSH allowed.
-    vm.sh("apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null")
+    vm.sh("apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables curl >/dev/null")
     vm.sh("nft -f - <<'EOF'\n"
           "table inet filter {\n chain input {\n  type filter hook input priority 0; policy drop;\n"
           "  ct state established,related accept\n  iif lo accept\n  tcp dport 22 accept\n }\n}\nEOF")
