@@ -124,7 +124,10 @@ def deploy(args: argparse.Namespace) -> int:
                 continue
             port, scheme = int(dep.get("port", 5000)), str(dep.get("scheme", "http"))
             ca = tls_dir / f"{name}.crt"
-            ca_file = str(ca) if dep.get("tls") == "self-signed" and ca.is_file() else ""
+            # A self-signed certificate is trusted as fetched; a provided one through the system's
+            # CAs, or MLflow's own client variable for a private CA.
+            ca_file = (str(ca) if dep.get("tls") == "self-signed" and ca.is_file()
+                       else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", "") if dep.get("tls") else "")
             endpoint = endpoints.record(name, resolved.url(name, port, scheme), dep, ca_file)
             urls[name] = endpoint.url
             access = health_mod.Access(endpoint.auth_user, endpoint.password(secrets_dir) or "", ca_file)

@@ -146,7 +146,8 @@ def test_auth_none_is_an_explicit_opt_out_with_a_warning(vm: VM) -> None:
 
 def test_allow_from_limits_the_port_with_nftables(vm: VM) -> None:
     # A host firewall like many servers have: drop by default, SSH allowed.
-    vm.sh("apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables curl >/dev/null")
+    vm.sh("apt-get update -q >/dev/null"
+          " && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables curl >/dev/null")
     vm.sh("nft -f - <<'EOF'\n"
           "table inet filter {\n chain input {\n  type filter hook input priority 0; policy drop;\n"
           "  ct state established,related accept\n  iif lo accept\n  tcp dport 22 accept\n }\n}\nEOF")
@@ -212,3 +213,25 @@ with tempfile.TemporaryDirectory() as d:
     assert result["same"] is True
     digest = hashlib.sha256(Path(ca).read_bytes()).hexdigest()
     assert digest == hashlib.sha256(vm.sh("cat /etc/mlflow/tls/mlflow.crt").encode()).hexdigest()
+
+
+def test_tls_with_a_provided_certificate(vm: VM, tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "30", "-subj", "/CN=mlflow.test",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    # An operator's private CA: the CLI's own health check trusts it through MLflow's client variable.
+    proc = subprocess.run([CLI, "deploy", "--host", vm.name, "--tls-cert", str(cert), "--tls-key", str(key)],
+                          env={**os.environ, "MLFLOW_TRACKING_SERVER_CERT_PATH": str(cert)},
+                          capture_output=True, text=True, timeout=900)
+    OUTPUTS.append(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "  tls        provided (nginx in front;" in proc.stdout and "  health     OK" in proc.stdout
+    url = re.search(r"URL        (https://127\.0\.0\.1:\d+)\n", proc.stdout).group(1)  # type: ignore[union-attr]
+    assert status(url + "/health", cafile=str(cert)) == 200  # nginx serves exactly this certificate
+    assert vm.sh("stat -c '%a %U' /etc/mlflow/tls/mlflow.key").strip() == "600 root"
+    headers = vm.sh("curl -s -o /dev/null -D - --cacert /etc/mlflow/tls/mlflow.crt https://localhost/health")
+    assert "strict-transport-security: max-age=31536000" in headers.lower()  # HSTS only with a real certificate
+    body = "".join(key.read_text().splitlines()[1:-1])
+    places = places_where_secrets_must_not_be(vm, OUTPUTS)
+    assert [name for name, text in places.items() if body[:40] in text] == []
