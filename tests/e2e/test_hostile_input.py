@@ -279,7 +279,8 @@ def _params(rows: list[Any]) -> list[Any]:
 
 
 def _snapshot(vm: VM) -> str:
-    return vm.sh("sha256sum /etc/mlflow/* /etc/systemd/system/mlflow.service; "
+    return vm.sh("find /etc/mlflow -type f -exec sha256sum {} + | sort -k2; "
+                 "sha256sum /etc/systemd/system/mlflow.service; "
                  "systemctl show -p MainPID -p ActiveEnterTimestamp mlflow.service; "
                  f"ls -1 /opt/mlflow/venvs; ls -d {PWNED} 2>/dev/null || true")
 
@@ -301,7 +302,8 @@ def baseline(vm: VM) -> str:
     Path(PWNED).unlink(missing_ok=True)
     snap = _snapshot(vm)
     assert "MainPID=0" not in snap and "ActiveEnterTimestamp=\n" not in snap, snap
-    assert snap.count("/etc/") == 2 and PWNED not in snap, snap
+    # mlflow.env, basic_auth.ini (auth is on by default) and the unit.
+    assert snap.count("/etc/") == 3 and PWNED not in snap, snap
     return snap
 
 
