@@ -203,7 +203,7 @@ CLI_ROWS: list[Row] = [
 CONFIG = (*DEPLOY, "--config", "{config}")
 CONFIG_ROWS: list[Row] = [
     Row("config-unknown-key", CONFIG, "error: --config {config}: unknown key 'prot'; valid keys: "
-        "allow_insecure_version, allowed_hosts, artifacts_destination,", config="prot: 5000"),
+        "allow_from, allow_insecure_version, allowed_hosts, artifacts_destination,", config="prot: 5000"),
     Row("config-port", CONFIG, "error: port in {config}: 70000 is not a TCP port; valid: 1-65535",
         config="port: 70000"),
     Row("config-port-bool", CONFIG, "error: port in {config}: expected a whole number, got True", config="port: true"),
