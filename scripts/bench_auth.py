@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """What basic auth costs per request: latency of GET /version and of logging one metric
-(POST runs/log-metric), with auth on (the default) and with --auth none, on one sandbox.
+(POST runs/log-metric), with auth on (the default), with auth on and a 60 s login cache
+(mlflow_auth_cache_ttl_sec=60) and with --auth none, on one sandbox.
 
 Prints numbers; it is not a test (exit 1 only when a deploy or a request failed). Each figure
 is the median (and 90th percentile) of --requests sequential requests from this machine,
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         cli("deploy", "--host", name)
         password = cli("user", "admin-password", "--host", name).stdout.strip()
         results["auth on (basic)"] = measure(Api(base, "admin", password), args.requests, args.warmup)
+        cli("deploy", "--host", name, "-e", "mlflow_auth_cache_ttl_sec=60")
+        results["auth on, 60 s login cache"] = measure(Api(base, "admin", password), args.requests, args.warmup)
         cli("deploy", "--host", name, "--auth", "none")
         results["auth off (--auth none)"] = measure(Api(base), args.requests, args.warmup)
     finally:
