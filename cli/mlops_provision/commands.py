@@ -120,7 +120,7 @@ def deploy(args: argparse.Namespace) -> int:
     def check_health(secrets_dir: Path, result: RunResult) -> None:
         for name, host in result.hosts.items():
             dep = host.deployment
-            if not dep:
+            if not dep or host.failed or args.check:  # --check and failures change nothing to record
                 continue
             port, scheme = int(dep.get("port", 5000)), str(dep.get("scheme", "http"))
             ca = tls_dir / f"{name}.crt"
@@ -253,16 +253,23 @@ def user(args: argparse.Namespace) -> int:
         if args.user_command == "admin-password":
             print(admin_password)
             return EXIT_OK
-        client = health_mod.Client(known.url, 30, health_mod.Access(known.auth_user, admin_password, known.ca_file))
+        try:
+            client = health_mod.Client(known.url, 30,
+                                       health_mod.Access(known.auth_user, admin_password, known.ca_file))
+        except ValueError as exc:
+            raise UsageError(f"--host {args.host}: {exc}") from None
         if args.user_command == "list":
             rows = users.list_users(client)
             print(f"{'USER':<32} ADMIN")
             for row in sorted(rows, key=lambda r: str(r.get("username"))):
                 print(f"{row.get('username', ''):<32} {'yes' if row.get('is_admin') else 'no'}")
         elif args.user_command == "add":
-            users.add(client, username, new_password, admin=args.admin)
+            users.add(client, username, new_password)
             print(f"user {username} created on {args.host}" + ("" if args.password_stdin else
-                  f"; password (shown once, not kept): {new_password}"))
+                  f"; password (shown once, not kept): {new_password}"), flush=True)
+            if args.admin:
+                users.make_admin(client, username)
+                print(f"user {username} is an admin")
         elif args.user_command == "passwd":
             own = username == known.auth_user
             users.set_password(client, username, new_password, admin_password if own else "")

@@ -67,7 +67,12 @@ class Client:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.access = access or Access()
-        self.context = ssl.create_default_context(cafile=self.access.ca_file or None)
+        self.context: ssl.SSLContext | None = None
+        if self.url.startswith("https://"):
+            try:
+                self.context = ssl.create_default_context(cafile=self.access.ca_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"cannot use the CA file {self.access.ca_file!r}: {exc}") from None
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
                 query: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -108,7 +113,10 @@ def _timed(report: Report, name: str, func: Any) -> Any:
 
 
 def check(url: str, deep: bool = False, timeout: float = 10.0, access: Access | None = None) -> Report:
-    client = Client(url, timeout, access)
+    try:
+        client = Client(url, timeout, access)
+    except ValueError as exc:  # an unusable CA file: a failed check, not a crash
+        return Report(url=url, checks=[Check("tls", False, str(exc), 0.0)])
     report = Report(url=client.url)
     try:
         def health() -> tuple[bool, str, None]:

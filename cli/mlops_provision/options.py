@@ -163,16 +163,22 @@ def check_networks(label: str, value: list[str], values: Mapping[str, Any]) -> N
                              "e.g. 10.0.0.0/8, 192.168.1.0/24, 203.0.113.7/32 or 2001:db8::/32") from None
 
 
-def check_pem_file(label: str, value: str, values: Mapping[str, Any]) -> None:
-    kind = "PRIVATE KEY-----" if label.endswith("key") else "-----BEGIN CERTIFICATE-----"
+def _check_pem(label: str, value: str, marker: str, what: str) -> None:
     try:
         with open(value, encoding="ascii", errors="replace") as fh:
             text = fh.read(1_000_000)
     except OSError as exc:
         raise UsageError(f"{label}: cannot read {value!r} on this machine: {exc.strerror}") from None
-    if kind not in text:
-        what = "a PEM private key" if kind.startswith("PRIVATE") else "a PEM certificate"
-        raise UsageError(f"{label}: {value!r} is not {what} (no {kind.strip('-')} block)")
+    if marker not in text:
+        raise UsageError(f"{label}: {value!r} is not {what} (no {marker.strip('-')} block)")
+
+
+def check_pem_cert(label: str, value: str, values: Mapping[str, Any]) -> None:
+    _check_pem(label, value, "-----BEGIN CERTIFICATE-----", "a PEM certificate")
+
+
+def check_pem_key(label: str, value: str, values: Mapping[str, Any]) -> None:
+    _check_pem(label, value, "PRIVATE KEY-----", "a PEM private key")
 
 
 def check_index_url(label: str, value: str, values: Mapping[str, Any]) -> None:
@@ -219,8 +225,8 @@ OPTIONS: tuple[Option, ...] = (
            "give --tls-cert and --tls-key; none (default) serves plain HTTP",
            choices=("self-signed", "provided", "none")),
     Option("tls-cert", "mlflow_tls_cert_file", "str", "PEM certificate (with chain) on this machine, for nginx",
-           check_pem_file),
-    Option("tls-key", "mlflow_tls_key_file", "str", "PEM private key on this machine (pushed 0600)", check_pem_file),
+           check_pem_cert),
+    Option("tls-key", "mlflow_tls_key_file", "str", "PEM private key on this machine (pushed 0600)", check_pem_key),
     Option("allow-from", "mlflow_allow_from", "list",
            "admit only this source network to the port (CIDR, repeatable); default: everyone",
            check_networks, repeatable=True),

@@ -27,7 +27,8 @@ from mlops_provision.redact import Redactor
 
 KEEP_RUNS = 50
 # Tasks whose failure means bad input, not a broken host: exit 2 like the CLI's own checks.
-VALIDATION_TASKS = ("Validating arguments against arg spec", "Preflight | Validate", "PostgreSQL | Validate")
+VALIDATION_TASKS = ("Validating arguments against arg spec", "Preflight | Validate", "PostgreSQL | Validate",
+                    "Proxy preflight | Validate")
 
 
 @dataclass

@@ -180,6 +180,10 @@ def _check_combination(spec: DeploySpec, labels: Mapping[str, str]) -> None:
             "--serve-artifacts; with --no-serve-artifacts give the store itself, e.g. s3://bucket/prefix"
         )
     _check_tls(spec, labels)
+    if spec.explicit.get("mlflow_allow_from"):  # one spelling, so firewall rules compare equal
+        import ipaddress
+
+        spec.explicit["mlflow_allow_from"] = [str(ipaddress.ip_network(n)) for n in spec.explicit["mlflow_allow_from"]]
     if eff.get("mlflow_install_method") != "index":
         for var in ("mlflow_pip_index_url", "mlflow_pip_ca_bundle", "mlflow_pip_proxy"):
             if eff.get(var):
@@ -200,8 +204,22 @@ def _check_tls(spec: DeploySpec, labels: Mapping[str, str]) -> None:
         if mode not in (None, "provided"):
             raise UsageError(f"{labels['mlflow_tls']}: {mode} contradicts --tls-cert/--tls-key; "
                              "drop one of them")
+        _check_key_pair(labels["mlflow_tls_key_file"], str(cert), str(key))
         spec.explicit["mlflow_tls"] = "provided"
     elif mode == "provided":
         raise UsageError(f"{labels['mlflow_tls']}: provided needs --tls-cert FILE and --tls-key FILE")
     elif mode == "none":
         spec.explicit["mlflow_tls"] = ""
+    if spec.explicit.get("mlflow_tls") and "mlflow_bind_address" in spec.explicit:
+        raise UsageError(f"{labels['mlflow_bind_address']}: with TLS, MLflow listens on 127.0.0.1 only and "
+                         "nginx takes the outside; drop --bind-address")
+
+
+def _check_key_pair(label: str, cert: str, key: str) -> None:
+    """The key must open the certificate, unencrypted: nginx starts without anyone to type a passphrase."""
+    import ssl
+
+    try:
+        ssl.create_default_context().load_cert_chain(cert, key, password=lambda: "")
+    except (ssl.SSLError, OSError) as exc:
+        raise UsageError(f"{label}: {key!r} is not the unencrypted private key of {cert!r} ({exc})") from None

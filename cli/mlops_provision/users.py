@@ -45,10 +45,12 @@ def list_users(client: Client) -> list[dict[str, Any]]:
     return list(_call(client, "GET", "list").get("users", []))
 
 
-def add(client: Client, username: str, password: str, admin: bool = False) -> None:
+def add(client: Client, username: str, password: str) -> None:
     _call(client, "POST", "create", {"username": username, "password": password})
-    if admin:
-        _call(client, "PATCH", "update-admin", {"username": username, "is_admin": True})
+
+
+def make_admin(client: Client, username: str) -> None:
+    _call(client, "PATCH", "update-admin", {"username": username, "is_admin": True})
 
 
 def set_password(client: Client, username: str, password: str, current_password: str = "") -> None:

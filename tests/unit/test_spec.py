@@ -171,3 +171,44 @@ def test_render_masks_store_credentials_and_names_the_endpoint() -> None:
     env = render_files(spec)["mlflow.env"]
     assert 'AWS_SECRET_ACCESS_KEY="********"' in env and "very-secret" not in env
     assert 'MLFLOW_S3_ENDPOINT_URL="http://s3.local:8333"' in env and 'MLFLOW_S3_IGNORE_TLS="true"' in env
+
+
+def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    import subprocess
+
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_cert_and_key_from_a_config_file_make_provided(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path, "a")
+    config = tmp_path / "c.yml"
+    config.write_text(f"tls_cert: {cert}\ntls_key: {key}\n")
+    assert build_spec({}, str(config), environ={}).explicit["mlflow_tls"] == "provided"
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"tls_cert": "A.crt"}, "--tls-cert: give --tls-cert and --tls-key together"),
+    ({"tls_cert": "A.crt", "tls_key": "B.key"}, "--tls-key: '{B.key}' is not the unencrypted private key of '{A.crt}'"),
+    ({"tls_cert": "A.crt", "tls_key": "A.crt"}, "--tls-key: '{A.crt}' is not a PEM private key"),
+    ({"tls": "self-signed", "bind_address": "0.0.0.0"}, "--bind-address: with TLS, MLflow listens on 127.0.0.1 only"),
+])
+def test_bad_tls_input(tmp_path: Path, flags: dict[str, str], message: str) -> None:
+    files = {}
+    for name in ("A", "B"):
+        cert, key = _self_signed(tmp_path, name)
+        files[f"{name}.crt"], files[f"{name}.key"] = str(cert), str(key)
+    flags = {k: files.get(v, v) for k, v in flags.items()}
+    with pytest.raises(UsageError) as err:
+        build_spec(flags, environ={})
+    for short, path in files.items():
+        message = message.replace("{" + short + "}", path)
+    assert message in str(err.value)
+
+
+def test_allow_from_is_normalized_so_firewall_rules_compare_equal() -> None:
+    spec = build_spec({"allow_from": ["10.0.0.0/8,2001:DB8::/32", "192.168.1.7/32"]}, environ={})
+    assert spec.explicit["mlflow_allow_from"] == ["10.0.0.0/8", "2001:db8::/32", "192.168.1.7/32"]
