@@ -169,8 +169,9 @@ def test_check_mode_reports_but_changes_nothing(vm: VM) -> None:
 def test_a_deploy_that_fails_on_the_host_rolls_back_to_the_running_server(vm: VM) -> None:
     env_before = vm.digest("/etc/mlflow/mlflow.env")
     venv_before = vm.sh("readlink /opt/mlflow/current").strip()
-    # A value only the server itself rejects, at start: the deploy cannot catch it earlier.
-    broken = json.dumps({"mlflow_extra_env": {"MLFLOW_WORKERS": "many"},
+    # A value only the server itself rejects, at start: the deploy cannot catch it earlier. One
+    # more package makes a new venv too, so the rollback must switch `current` back as well.
+    broken = json.dumps({"mlflow_extra_env": {"MLFLOW_WORKERS": "many"}, "mlflow_extra_pip_packages": ["six"],
                          "mlflow_health_retries": 5, "mlflow_health_delay": 2})
     proc = cli("deploy", "--host", vm.name, "-e", broken)
     assert proc.returncode == 1, proc.stdout + proc.stderr

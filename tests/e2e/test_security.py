@@ -25,6 +25,7 @@ pytestmark = pytest.mark.e2e
 
 PROTECTED = "/api/2.0/mlflow/experiments/search?max_results=1"
 OUTPUTS: list[str] = []  # every CLI output of this module, searched for secrets at the end
+ADMIN_PASSWORDS: list[str] = []  # the generated one and the rotated one
 STATE = Path(os.environ["MLOPS_PROVISION_HOME"])
 
 
@@ -68,6 +69,7 @@ def test_basic_auth_is_on_by_default(vm: VM) -> None:
     assert "  firewall   port 5000 open to everyone (no host firewall active;" in proc.stdout
     password = admin_password(vm)
     assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
+    ADMIN_PASSWORDS.append(password)
     assert status(vm.url + PROTECTED) == 401  # anonymous
     assert status(vm.url + PROTECTED, "admin", "password1234") == 401  # MLflow's old default never works
     assert status(vm.url + PROTECTED, "admin", password) == 200
@@ -118,6 +120,7 @@ print(json.dumps({{"metrics": mlflow.get_run(run.info.run_id).data.metrics}}))
     assert "kept in the secrets store" in proc.stdout and old not in proc.stdout
     assert status(vm.url + PROTECTED, "admin", old) == 401
     assert status(vm.url + PROTECTED, "admin", admin_password(vm)) == 200
+    ADMIN_PASSWORDS.append(admin_password(vm))
     assert cli("health", "--host", vm.name).returncode == 0
     # The next deploy writes the rotated password into basic_auth.ini (where it would recreate the
     # admin if the user database were ever lost), verifies the login with it, and is healthy.
@@ -126,8 +129,8 @@ print(json.dumps({{"metrics": mlflow.get_run(run.info.run_id).data.metrics}}))
 
 
 def test_the_admin_password_and_csrf_key_never_leak(vm: VM) -> None:
-    secrets = [admin_password(vm), (STATE / "secrets" / f"mlflow-flask-{vm.name}.key").read_text().split()[0]]
-    assert all(len(s) >= 32 for s in secrets)
+    secrets = [*ADMIN_PASSWORDS, (STATE / "secrets" / f"mlflow-flask-{vm.name}.key").read_text().split()[0]]
+    assert len(secrets) == 3 and all(len(s) >= 32 for s in secrets)
     places = places_where_secrets_must_not_be(vm, OUTPUTS)
     assert [name for name, text in places.items() if any(s in text for s in secrets)] == []
 
