@@ -105,7 +105,12 @@ def test_installed_files_equal_the_cli_render_byte_for_byte(vm: VM) -> None:
     with tempfile.TemporaryDirectory() as out:
         proc = cli("render", "--allowed-hosts", allowed, "--output-dir", out)
         assert proc.returncode == 0, proc.stderr
-        assert Path(out, "mlflow.env").read_text() == env_on_host
+        # The generated secrets exist only on hosts (and this machine's store): render masks them.
+        masked_env = re.sub(r'(?m)^(MLFLOW_FLASK_SERVER_SECRET_KEY)=".*"$', r'\1="********"', env_on_host)
+        assert Path(out, "mlflow.env").read_text() == masked_env
+        ini_on_host = vm.sh("cat /etc/mlflow/basic_auth.ini")
+        assert Path(out, "basic_auth.ini").read_text() == re.sub(r"(?m)^admin_password = .*$",
+                                                                 "admin_password = ********", ini_on_host)
         assert Path(out, "mlflow.service").read_text() == vm.sh("cat /etc/systemd/system/mlflow.service")
     assert f"{vm.name}:*" in allowed.split(",")  # the host's own name, computed on the host
 
@@ -134,7 +139,10 @@ def test_env_file_quoting_survives_systemds_parser(vm: VM) -> None:
     proc = cli("render", "--backend-store-uri", f"postgresql://u:{nasty}@db:5432/mlflow", "--output-dir",
                tmp := tempfile.mkdtemp())
     assert proc.returncode == 0, proc.stderr
-    env_text = Path(tmp, "mlflow.env").read_text().replace("********", nasty)  # render masks the password
+    # render masks the password, written escaped for systemd's parser: put that escaped form back.
+    escaped = nasty.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`")
+    env_text = "".join(line.replace("********", escaped) if line.startswith("MLFLOW_BACKEND_STORE_URI=") else line
+                       for line in Path(tmp, "mlflow.env").read_text().splitlines(keepends=True))
     vm.sh("cat > /tmp/nasty.env <<'EOF'\n" + env_text + "EOF")
     out = vm.sh("systemd-run --quiet --pipe --wait -p EnvironmentFile=/tmp/nasty.env /usr/bin/env")
     value = next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("MLFLOW_BACKEND_STORE_URI="))
