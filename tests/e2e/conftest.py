@@ -1,7 +1,8 @@
 """Shared pieces of the end-to-end tests: the CLI as a subprocess and sandbox VMs.
 
-The tests keep their own state directory (sandbox records, run logs, generated secrets), so
-they neither see nor change an operator's; the wheelhouse cache stays shared.
+Each test module keeps its own state directory (sandbox records, run logs, the secrets store),
+so the tests neither see nor change an operator's, and one module's stored store keys or vault
+never change what another sees; the wheelhouse cache stays shared.
 """
 
 from __future__ import annotations
@@ -11,10 +12,22 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import CLI
 
 os.environ["MLOPS_PROVISION_HOME"] = tempfile.mkdtemp(prefix="mlops-e2e-state-")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def private_state() -> Iterator[Path]:
+    """A fresh state directory for each test module (set before its sandboxes start)."""
+    before = os.environ["MLOPS_PROVISION_HOME"]
+    os.environ["MLOPS_PROVISION_HOME"] = tempfile.mkdtemp(prefix="mlops-e2e-state-")
+    yield Path(os.environ["MLOPS_PROVISION_HOME"])
+    os.environ["MLOPS_PROVISION_HOME"] = before
 
 
 def cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:

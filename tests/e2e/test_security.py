@@ -26,7 +26,6 @@ pytestmark = pytest.mark.e2e
 PROTECTED = "/api/2.0/mlflow/experiments/search?max_results=1"
 OUTPUTS: list[str] = []  # every CLI output of this module, searched for secrets at the end
 ADMIN_PASSWORDS: list[str] = []  # the generated one and the rotated one
-STATE = Path(os.environ["MLOPS_PROVISION_HOME"])
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +128,8 @@ print(json.dumps({{"metrics": mlflow.get_run(run.info.run_id).data.metrics}}))
 
 
 def test_the_admin_password_and_csrf_key_never_leak(vm: VM) -> None:
-    secrets = [*ADMIN_PASSWORDS, (STATE / "secrets" / f"mlflow-flask-{vm.name}.key").read_text().split()[0]]
+    state = Path(os.environ["MLOPS_PROVISION_HOME"])
+    secrets = [*ADMIN_PASSWORDS, (state / "secrets" / f"mlflow-flask-{vm.name}.key").read_text().split()[0]]
     assert len(secrets) == 3 and all(len(s) >= 32 for s in secrets)
     places = places_where_secrets_must_not_be(vm, OUTPUTS)
     assert [name for name, text in places.items() if any(s in text for s in secrets)] == []
@@ -185,7 +185,7 @@ def test_tls_self_signed_through_nginx(vm: VM) -> None:
     assert "  tls        self-signed (nginx in front; MLflow itself listens on 127.0.0.1 only)" in proc.stdout
     assert "  firewall   port 443 and 80 open to everyone (nftables;" in proc.stdout
     assert "  health     OK" in proc.stdout  # the CLI trusts the certificate it fetched
-    ca = str(STATE / "tls" / f"{vm.name}.crt")
+    ca = str(Path(os.environ["MLOPS_PROVISION_HOME"]) / "tls" / f"{vm.name}.crt")
     assert status(url + "/health", cafile=ca) == 200
     assert status(url + "/health") == 0  # an unknown certificate is not trusted
     assert status(url + "/health", host="evil.example", cafile=ca) == 421  # a forged Host never reaches MLflow
