@@ -1,0 +1,243 @@
+"""What actually runs on this host, compared with what a deploy wants; and the wait for a
+started server to be proven ours, current and healthy.
+
+Runs as root with the system python3 (the role ships it with the `script` module, so it works
+before anything is installed). Prints one JSON object and exits 0; the role decides.
+
+  state --port P --venv-link L [--file F ...]
+      the unit's state, the main process's venv and start time, the config files written
+      after that start (an interrupted deploy), and who listens on port P
+  wait --port P --timeout S [--version V] [--since EPOCH]
+      until /health answers 200 from a process of mlflow.service (not a foreign program on
+      the port) running MLflow V, or the unit has failed (systemd gave up), or S seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+UNIT = "mlflow.service"
+
+
+def show(*props: str) -> dict[str, str]:
+    out = subprocess.run(["systemctl", "show", UNIT, *(f"--property={p}" for p in props)],
+                         capture_output=True, text=True, check=False).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def started_at(monotonic_usec: str) -> float | None:
+    """The main process's start as epoch seconds (microsecond precision, unlike /proc/stat)."""
+    usec = int(monotonic_usec or 0)
+    if not usec:
+        return None
+    return time.time() - (time.monotonic() - usec / 1e6)
+
+
+def venv_of(pid: int) -> str:
+    """The venv a process runs from: its interpreter (argv[0], the console script's shebang)."""
+    try:
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return ""
+    return str(Path(argv0).parent.parent) if argv0.endswith(("/bin/python", "/bin/python3")) else ""
+
+
+def mlflow_version_in(venv: str) -> str:
+    for meta in Path(venv).glob("lib/python3*/site-packages/mlflow-*.dist-info/METADATA"):
+        match = re.search(r"^Version: (\S+)$", meta.read_text(errors="replace"), re.M)
+        if match:
+            return match.group(1)
+    return ""
+
+
+def _ours(pid: int) -> bool:
+    try:
+        return any(line.endswith("/" + UNIT) for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines())
+    except OSError:
+        return False
+
+
+def _masked_cmdline(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return ""
+    text = " ".join(a.decode(errors="replace") for a in args)
+    return re.sub(r"://([^:/@\s]+):[^@\s]*@", r"://\1:***@", text)[:300]
+
+
+def _listening_uids(port: int) -> list[int]:
+    """Owners of the sockets listening on port, from /proc/net (needs no access to other
+    processes' file descriptors, which a container without CAP_SYS_PTRACE lacks)."""
+    uids = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                uids.append(int(fields[7]))
+    return uids
+
+
+def _user(uid: int) -> str:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _guess_pid(uid: int, port: int) -> int:
+    """A process of that user whose command line names the port (cmdlines are world-readable)."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if proc.stat().st_uid == uid and str(port) in _masked_cmdline(int(proc.name)).split(":")[-1]:
+                    return int(proc.name)
+            except OSError:
+                continue
+    return 0
+
+
+def port_owner(port: int, service_user: str = "mlflow") -> dict[str, object]:
+    """free, ours (a process of mlflow.service), or foreign (with the program, pid and user)."""
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True,
+                         check=False).stdout
+    if not out.strip():
+        return {"state": "free"}
+    pids = [int(p) for p in re.findall(r"pid=(\d+)", out)]
+    foreign = [p for p in pids if not _ours(p)]
+    if pids and not foreign:
+        return {"state": "ours"}
+    if not pids:  # ss may not see other processes' sockets: judge by the socket's owner
+        uids = _listening_uids(port)
+        main = int(show("MainPID").get("MainPID") or 0)
+        if uids and main and _ours(main) and all(_user(u) == service_user for u in uids):
+            return {"state": "ours"}
+        uid = next((u for u in uids if _user(u) != service_user), uids[0] if uids else -1)
+        pid = _guess_pid(uid, port) if uid >= 0 else 0
+        name = Path(f"/proc/{pid}/comm").read_text().strip() if pid else "unknown"
+    else:
+        pid = foreign[0]
+        name = (re.findall(r'"([^"]+)"', out) or ["unknown"])[0]
+        try:
+            uid = Path(f"/proc/{pid}").stat().st_uid
+        except OSError:
+            uid = -1
+    cmdline = _masked_cmdline(pid) if pid else ""
+    return {"state": "foreign", "program": name, "pid": pid, "user": _user(uid) if uid >= 0 else "",
+            "cmdline": cmdline,
+            "mlflow": " mlflow " in f" {cmdline} " or "/mlflow server" in cmdline or "mlflow.server" in cmdline}
+
+
+def state(args: argparse.Namespace) -> dict[str, object]:
+    props = show("ActiveState", "SubState", "Result", "MainPID", "ExecMainStartTimestampMonotonic",
+                 "NeedDaemonReload", "NRestarts", "LoadState")
+    pid = int(props.get("MainPID") or 0)
+    start = started_at(props.get("ExecMainStartTimestampMonotonic", "0")) if pid else None
+    newer = []
+    present = [name for name in args.file if os.path.exists(name)]
+    for name in args.file:
+        try:
+            mtime = os.lstat(name).st_mtime
+        except OSError:
+            continue
+        if start is None or mtime > start:
+            newer.append(name)
+    running_venv = venv_of(pid) if pid else ""
+    link = os.path.realpath(args.venv_link) if os.path.islink(args.venv_link) else ""
+    active = props.get("ActiveState", "")
+    reload_needed = props.get("NeedDaemonReload") == "yes"
+    return {
+        "active": active, "sub": props.get("SubState", ""), "result": props.get("Result", ""),
+        "loaded": props.get("LoadState", "") == "loaded", "main_pid": pid, "started_at": start,
+        "running_venv": running_venv, "running_version": mlflow_version_in(running_venv) if running_venv else "",
+        "current_venv": link, "newer_files": newer, "present": present, "need_daemon_reload": reload_needed,
+        # What runs is exactly what the files on disk describe: safe to keep as the rollback target.
+        "in_sync": active == "active" and bool(running_venv) and not newer and not reload_needed
+        and running_venv == link,
+        "port": port_owner(args.port, args.user), "now": time.time(),
+    }
+
+
+def _journal(since: float) -> str:
+    out = subprocess.run(["journalctl", "--unit", UNIT, "--since", f"@{int(since)}", "--lines", "40",
+                          "--no-pager", "--output", "cat"], capture_output=True, text=True, check=False).stdout
+    return out.strip()
+
+
+def _health(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as resp:
+            resp.read()
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0
+
+
+def wait(args: argparse.Namespace) -> dict[str, object]:
+    since = args.since or time.time()
+    begin = time.monotonic()
+    note = ""
+    while True:
+        props = show("ActiveState", "SubState", "Result", "MainPID")
+        active = props.get("ActiveState", "")
+        # systemd gave up (start limit, or a failure with no restart left): stop waiting now.
+        if active == "failed" or (active == "inactive" and time.monotonic() - begin > 2):
+            return {"ok": False, "reason": f"{UNIT} is {active} (Result={props.get('Result', '')}): it exited "
+                    "and systemd stopped restarting it", "journal": _journal(since),
+                    "elapsed": round(time.monotonic() - begin, 1)}
+        pid = int(props.get("MainPID") or 0)
+        if active == "active" and pid and _health(args.port) == 200:
+            owner = port_owner(args.port, args.user)
+            version = mlflow_version_in(venv_of(pid))
+            if owner["state"] != "ours":
+                note = (f"port {args.port} answers /health but belongs to {owner.get('program')} "
+                        f"(pid {owner.get('pid')}), not to {UNIT}")
+            elif args.version and version != args.version:
+                note = f"{UNIT} runs MLflow {version or 'unknown'}, not {args.version}"
+            else:
+                return {"ok": True, "reason": "", "journal": "", "version": version, "venv": venv_of(pid),
+                        "elapsed": round(time.monotonic() - begin, 1)}
+        if time.monotonic() - begin > args.timeout:
+            return {"ok": False, "reason": note or f"{UNIT} did not answer http://127.0.0.1:{args.port}/health "
+                    f"within {args.timeout} s", "journal": _journal(since), "timeout": True,
+                    "elapsed": round(time.monotonic() - begin, 1)}
+        time.sleep(0.5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    st = sub.add_parser("state")
+    st.add_argument("--port", type=int, required=True)
+    st.add_argument("--venv-link", required=True)
+    st.add_argument("--file", action="append", default=[])
+    st.add_argument("--user", default="mlflow")
+    wt = sub.add_parser("wait")
+    wt.add_argument("--port", type=int, required=True)
+    wt.add_argument("--timeout", type=int, required=True)
+    wt.add_argument("--version", default="")
+    wt.add_argument("--since", type=float, default=0.0)
+    wt.add_argument("--user", default="mlflow")
+    args = parser.parse_args()
+    json.dump(state(args) if args.command == "state" else wait(args), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
