@@ -53,6 +53,12 @@ def _target_options(parser: argparse.ArgumentParser, ansible: bool = True) -> No
     _secrets_options(parser)
 
 
+def _lock_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lock-wait", default="60", metavar="SECONDS",
+                        help="wait this long (0-3600, default 60) for another deploy or destroy of the same "
+                             "host to finish, from this machine or (the role's lock) from another")
+
+
 def _secrets_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("secrets")
     group.add_argument("--vault-password-file", metavar="FILE",
@@ -64,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mlops-provision",
         description="Put a production-grade MLflow tracking server on your own Linux VMs.",
-        epilog="Exit codes: 0 ok, 1 failed on a host, 2 bad input (nothing changed), 3 host unreachable.",
+        epilog=("Exit codes: 0 ok, 1 failed on a host, 2 bad input (nothing changed), 3 host unreachable, "
+                "130 interrupted (Ctrl-C or SIGTERM; run the same command again)."),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -74,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _target_options(deploy)
     deploy.add_argument("--force", action="store_true",
                         help="allow switching an existing server to another backend store")
+    _lock_option(deploy)
 
     render = sub.add_parser("render", help="write the unit and env file a deploy would install")
     _server_options(render)
@@ -112,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     destroy.add_argument("--yes", action="store_true", help="confirm removal (required)")
     destroy.add_argument("--purge-data", action="store_true", help="also delete /var/lib/mlflow and the user")
     destroy.add_argument("--port", default=None, help="port whose firewall rule to close (default 5000)")
+    _lock_option(destroy)
 
     sandbox = sub.add_parser("sandbox", help="local sandbox VMs (podman containers that boot systemd)")
     sbx = sandbox.add_subparsers(dest="sandbox_command", required=True, parser_class=_Parser)
@@ -120,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--distro", default="debian12", choices=["debian12", "debian13"])
     up.add_argument("--host-loopback", action="store_true",
                     help="let the VM reach this machine's 127.0.0.1 services at 10.0.2.2 (for test stores)")
-    down = sbx.add_parser("down", help="remove a sandbox VM")
+    down = sbx.add_parser("down", help="remove a sandbox VM and the passwords and endpoint kept for it")
     down.add_argument("--name", required=True)
+    _secrets_options(down)
     sbx.add_parser("list", help="list sandbox VMs")
     image = sbx.add_parser("image", help="build the cached sandbox image")
     image.add_argument("--distro", default="debian12", choices=["debian12", "debian13"])
@@ -131,17 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mlops_provision import commands
-    from mlops_provision.errors import ProvisionError
+    from mlops_provision import commands, interrupt
+    from mlops_provision.errors import EXIT_INTERRUPTED, ProvisionError
 
     try:
+        # SIGTERM takes the Ctrl-C path: a running playbook is cancelled and reported, and
+        # cleanup (vault, locks, temporary files) runs, which the default action would skip.
+        interrupt.install()
         return commands.dispatch(args)
     except ProvisionError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

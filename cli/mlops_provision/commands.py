@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -12,7 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops_provision import paths
-from mlops_provision.errors import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, UsageError
+from mlops_provision.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    UsageError,
+)
 from mlops_provision.options import OPTIONS
 
 if TYPE_CHECKING:  # the real imports happen inside handlers, keeping --help fast
@@ -38,6 +46,8 @@ def _spec(args: argparse.Namespace) -> DeploySpec:
 
 
 def _exit_code(result: RunResult) -> int:
+    if result.interrupted:
+        return EXIT_INTERRUPTED
     hosts = result.hosts.values()
     if hosts and all(h.validation_failed for h in hosts if h.failed) and any(h.failed for h in hosts):
         return EXIT_USAGE
@@ -49,30 +59,39 @@ def _exit_code(result: RunResult) -> int:
 
 
 def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dict[str, Any],
-         secrets: list[str], with_secrets: Callable[[Path], dict[str, str]] | None = None,
+         secrets: list[str], lock_names: list[str], with_secrets: Callable[[Path], dict[str, str]] | None = None,
          on_success: Callable[[Path], None] | None = None,
          after: Callable[[Path, RunResult], None] | None = None) -> RunResult:
-    """Run a playbook; with_secrets(secrets_dir) adds variables taken from the secrets store,
-    on_success(secrets_dir) may keep new secrets once the run succeeded, and after(secrets_dir,
-    result) runs while the secrets are still open (e.g. health checks that log in)."""
-    from mlops_provision import runner
-    from mlops_provision.secrets import SecretStore, read_vault_password
+    """Run a playbook while holding this machine's lock of every target; with_secrets(secrets_dir)
+    adds variables taken from the secrets store, on_success(secrets_dir) may keep new secrets once
+    the run succeeded, and after(secrets_dir, result) runs while the secrets are still open (e.g.
+    health checks that log in)."""
+    from mlops_provision import locks, runner
+    from mlops_provision.secrets import SecretStore, read_vault_password, throwaway_copy
 
+    lock_wait = locks.parse_wait(args.lock_wait)
     vault_password = read_vault_password(args.vault_password_file, args.ask_vault_pass)
     store = SecretStore(vault_password)
-    with store.session() as secrets_dir:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(locks.hold(lock_names, lock_wait, log=_to_stderr))
+        secrets_dir = stack.enter_context(store.session())
+        if args.check:  # the roles' password lookups would keep passwords of a deploy that never happened
+            secrets_dir = stack.enter_context(throwaway_copy(secrets_dir))
         if with_secrets is not None:
             stored = with_secrets(secrets_dir)
             extravars = {**extravars, **stored}
             secrets = [*secrets, *stored.values()]
         request = runner.RunRequest(
             action=action, inventories=targets.inventories, generated_inventory=targets.generated,
-            extravars={"mlflow_hosts": targets.pattern, **extravars},
+            # The role also locks the host itself, waiting as long as we did here.
+            extravars={"mlflow_hosts": targets.pattern, "mlflow_lock_wait_sec": lock_wait, **extravars},
             passthrough_extravars=args.extra_vars, limit=args.limit, tags=args.tags,
             check=args.check, diff=args.diff, verbosity=args.verbose, secrets=secrets,
             secrets_dir=secrets_dir, vault_password=vault_password,
         )
         result = runner.run(request)
+        if result.interrupted:  # the operator wants out: no follow-up work, nothing kept
+            return result
         if on_success is not None and result.rc == 0 and not args.check:
             on_success(secrets_dir)
         if after is not None:
@@ -85,9 +104,10 @@ def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dic
 
 
 def deploy(args: argparse.Namespace) -> int:
-    from mlops_provision import credentials, endpoints, summary, targets
+    from mlops_provision import credentials, endpoints, locks, summary, targets
     from mlops_provision import health as health_mod
 
+    locks.parse_wait(args.lock_wait)  # bad input stops before anything else
     spec = _spec(args)
     if spec.effective.get("mlflow_s3_ignore_tls"):
         sys.stderr.write("WARNING: --s3-ignore-tls: the server will not verify the S3 endpoint's certificate; "
@@ -120,25 +140,28 @@ def deploy(args: argparse.Namespace) -> int:
     def check_health(secrets_dir: Path, result: RunResult) -> None:
         for name, host in result.hosts.items():
             dep = host.deployment
-            if not dep or host.failed or args.check:  # --check and failures change nothing to record
+            if dep is None or host.failed or args.check:  # --check and failures change nothing to record
                 continue
-            port, scheme = int(dep.get("port", 5000)), str(dep.get("scheme", "http"))
             ca = tls_dir / f"{name}.crt"
             # A self-signed certificate is trusted as fetched; a provided one through the system's
             # CAs, or MLflow's own client variable for a private CA.
-            ca_file = (str(ca) if dep.get("tls") == "self-signed" and ca.is_file()
-                       else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", "") if dep.get("tls") else "")
-            endpoint = endpoints.record(name, resolved.url(name, port, scheme), dep, ca_file)
+            ca_file = (str(ca) if dep.tls == "self-signed" and ca.is_file()
+                       else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", "") if dep.tls else "")
+            endpoint = endpoints.record(name, resolved.url(name, dep.port, dep.scheme),
+                                        {"auth_user": dep.auth_user, "auth_realm": dep.auth_realm}, ca_file)
             urls[name] = endpoint.url
             access = health_mod.Access(endpoint.auth_user, endpoint.password(secrets_dir) or "", ca_file)
             reports[name] = health_mod.check(endpoint.url, timeout=5, access=access)
 
-    result = _run("deploy", args, resolved, extravars, spec.secrets(), store_credentials,
-                  lambda secrets_dir: credentials.save(spec.effective, os.environ, secrets_dir), check_health)
+    result = _run("deploy", args, resolved, extravars, spec.secrets(), locks.target_names(hosts, resolved.inventories),
+                  store_credentials, lambda secrets_dir: credentials.save(spec.effective, os.environ, secrets_dir),
+                  check_health)
     for name, host in result.hosts.items():
-        if name in resolved.sandboxes and host.deployment and int(host.deployment.get("port", 5000)) not in (5000, 443):
+        if name in resolved.sandboxes and host.deployment and host.deployment.port not in (5000, 443):
             sys.stderr.write(f"note: sandbox {name} publishes only ports 5000 and 443 of the VM\n")
-    print(summary.deploy_summary(result, urls, reports, check_mode=args.check))
+    print(summary.deploy_summary(result, urls, reports, check_mode=args.check), flush=True)
+    if result.interrupted:
+        _to_stderr(summary.interrupted_message(result))
     return _exit_code(result)
 
 
@@ -285,9 +308,10 @@ def user(args: argparse.Namespace) -> int:
 
 
 def destroy(args: argparse.Namespace) -> int:
-    from mlops_provision import summary, targets
+    from mlops_provision import locks, summary, targets
     from mlops_provision.options import check_port
 
+    locks.parse_wait(args.lock_wait)
     if not args.yes:
         raise UsageError("destroy removes the MLflow service from the hosts: add --yes to confirm")
     extravars: dict[str, Any] = {"mlflow_purge_data": bool(args.purge_data)}
@@ -299,8 +323,10 @@ def destroy(args: argparse.Namespace) -> int:
         check_port("--port", port, {})
         extravars["mlflow_port"] = port
     resolved = targets.resolve(args.host, args.inventory)
-    result = _run("destroy", args, resolved, extravars, [])
-    print(summary.destroy_summary(result, args.purge_data))
+    result = _run("destroy", args, resolved, extravars, [], locks.target_names(args.host, resolved.inventories))
+    print(summary.destroy_summary(result, args.purge_data), flush=True)
+    if result.interrupted:
+        _to_stderr(summary.interrupted_message(result))
     return _exit_code(result)
 
 
@@ -319,7 +345,7 @@ def sandbox(args: argparse.Namespace) -> int:
         print(f"  MLflow port 5000 of the VM is published at {box.url}")
         print(f"  next: mlops-provision deploy --host {box.name}")
     elif args.sandbox_command == "down":
-        print(f"sandbox {args.name} " + ("removed" if machines.down(args.name) else "did not exist"))
+        _sandbox_down(args)
     elif args.sandbox_command == "list":
         rows = machines.list_all()
         print(f"{'NAME':<14} {'DISTRO':<9} {'STATE':<9} {'SSH':<16} MLFLOW URL")
@@ -328,3 +354,21 @@ def sandbox(args: argparse.Namespace) -> int:
     elif args.sandbox_command == "image":
         print(image.build_image(args.distro, force=args.rebuild, log=_to_stderr))
     return EXIT_OK
+
+
+def _sandbox_down(args: argparse.Namespace) -> None:
+    """Remove the VM, then what this machine kept for it: its secrets and its endpoint record,
+    so a new sandbox of the same name starts with new passwords."""
+    from mlops_provision.sandbox import machines
+
+    names = machines.secret_names(args.name)
+    store = _secret_store(args)
+    if store.vaulted and store.vault_password is not None:
+        store.values()  # a wrong vault password stops here, before the VM is gone
+    print(f"sandbox {args.name} " + ("removed" if machines.down(args.name) else "did not exist"))
+    store.remove(names)
+    machines.forget_endpoint(args.name)
+    if store.vaulted and store.vault_password is None:
+        _to_stderr(f"note: {store.vault_file} is vault-encrypted and no vault password was given, so "
+                   f"{', '.join(names)} stay in it (where present); remove them with: mlops-provision sandbox "
+                   f"down --name {args.name} --vault-password-file FILE (or --ask-vault-pass)")

@@ -6,6 +6,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the deploy or check failed on a host
 EXIT_USAGE = 2  # bad input; nothing was touched
 EXIT_UNREACHABLE = 3  # a host could not be reached
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM (128 + SIGINT, as shells report it); hosts may be half-changed
 
 
 class ProvisionError(Exception):

@@ -10,6 +10,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
+from mlops_provision.failures import classify, task_name
 from mlops_provision.redact import Redactor
 
 
@@ -23,6 +24,10 @@ class Progress:
         self.done = 0
         self._lock = threading.Lock()
         self._last_len = 0
+        # The last task started, for "interrupted during ..." (ansible-runner swallows Ctrl-C).
+        self.last_task = ""
+        self.last_hosts = ""
+        self.last_number = 0
 
     def set_total(self, total: int) -> None:
         with self._lock:
@@ -56,13 +61,17 @@ class Progress:
         with self._lock:
             if kind == "playbook_on_task_start":
                 self.done += 1
-                task = str(data.get("task", "")).split(" : ", 1)[-1]
+                task = task_name(data)
                 hosts = str(data.get("play_pattern", ""))
+                self.last_task, self.last_hosts, self.last_number = task, hosts, self.done
                 self._status(f"{self._counter()} {hosts}: {task}")
             elif kind == "runner_on_failed" and not data.get("ignore_errors"):
-                self._message(f"FAILED {data.get('host')}: {failure_message(data.get('res', {}))}")
+                failure = classify(str(data.get("host")), task_name(data), data.get("res") or {})
+                label = "UNREACHABLE" if failure.lost_host else "FAILED"
+                self._message(f"{label} {data.get('host')}: {failure.message}")
             elif kind == "runner_on_unreachable":
-                self._message(f"UNREACHABLE {data.get('host')}: {failure_message(data.get('res', {}))}")
+                failure = classify(str(data.get("host")), task_name(data), data.get("res") or {})
+                self._message(f"UNREACHABLE {data.get('host')}: {failure.message}")
             elif kind == "playbook_on_stats" and self.tty and self._last_len:
                 self.stream.write("\n")
                 self._last_len = 0
@@ -73,11 +82,3 @@ class Progress:
             self.stream.write("\n")
             self.stream.flush()
 
-
-def failure_message(res: dict[str, Any]) -> str:
-    msg = str(res.get("msg") or "").strip()
-    if res.get("stderr"):
-        msg = (msg + "\n" + str(res["stderr"]).strip()).strip()
-    if not msg and res.get("censored"):
-        msg = str(res["censored"])
-    return msg or "failed (run with -v, or read the run log, for details)"

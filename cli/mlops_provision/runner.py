@@ -21,14 +21,18 @@ from typing import Any
 
 import yaml
 
-from mlops_provision import paths
-from mlops_provision.progress import Progress, failure_message
+from mlops_provision import interrupt, paths
+from mlops_provision.deployment import Deployment
+from mlops_provision.errors import ProvisionError
+from mlops_provision.failures import ARG_SPEC_TASK, LEGACY_VALIDATION_TASKS, classify, task_name
+from mlops_provision.progress import Progress
 from mlops_provision.redact import Redactor
 
 KEEP_RUNS = 50
-# Tasks whose failure means bad input, not a broken host: exit 2 like the CLI's own checks.
-VALIDATION_TASKS = ("Validating arguments against arg spec", "Preflight | Validate", "PostgreSQL | Validate",
-                    "Proxy preflight | Validate")
+# Tasks whose failure means bad input whatever their message (see failures.BAD_INPUT_MARKER).
+VALIDATION_TASKS = (ARG_SPEC_TASK, *LEGACY_VALIDATION_TASKS)
+# How often ansible-runner polls the cancel callback: Ctrl-C takes effect within this.
+CANCEL_POLL_S = 1
 
 
 @dataclass
@@ -41,7 +45,8 @@ class HostResult:
     skipped: int = 0
     failures: list[str] = field(default_factory=list)
     validation_failed: bool = False
-    deployment: dict[str, Any] = field(default_factory=dict)
+    stopped_answering: bool = False  # SSH died mid-run: counted unreachable, not failed
+    deployment: Deployment | None = None  # the role's mlflow_deployment fact, once verify ran
 
 
 @dataclass
@@ -51,6 +56,20 @@ class RunResult:
     duration: float
     run_dir: Path
     hosts: dict[str, HostResult]
+    status: str = ""  # ansible-runner's: successful, failed, canceled, timeout
+    signalled: bool = False  # SIGINT or SIGTERM reached the CLI during the run
+    last_task: str = ""
+    last_task_number: int = 0
+    last_task_hosts: str = ""
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status == "canceled" or self.signalled
+
+    @property
+    def phase(self) -> str:
+        """'Configure' of 'Configure | Render the environment file'."""
+        return self.last_task.split(" | ", 1)[0].strip() if self.last_task else ""
 
     @property
     def any_unreachable(self) -> bool:
@@ -89,8 +108,30 @@ def ansible_env() -> dict[str, str]:
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
         "ANSIBLE_LOCALHOST_WARNING": "False",
         "ANSIBLE_NOCOLOR": "True",
-        "ANSIBLE_SSH_ARGS": "-C -o ControlMaster=auto -o ControlPersist=60s",
+        # Keepalives: a host that stops answering mid-run fails within ~15 s instead of hanging.
+        "ANSIBLE_SSH_ARGS": ("-C -o ControlMaster=auto -o ControlPersist=60s "
+                             "-o ServerAliveInterval=5 -o ServerAliveCountMax=3"),
     }
+
+
+def find_ansible_playbook(env: dict[str, str]) -> str:
+    """Put this interpreter's bin directory first on PATH, here and in `env`, and find
+    ansible-playbook there or on PATH.
+
+    pipx, or a venv's bin/mlops-provision called by its full path, leave the venv's bin off
+    PATH; ansible-runner would then fail to start ansible-playbook without a word (and the CLI
+    would report that no host matched). ansible-runner resolves the executable with the
+    parent's PATH, its child gets `env`: both need it.
+    """
+    bin_dir = str(Path(sys.executable).parent)
+    rest = [d for d in os.environ.get("PATH", os.defpath).split(os.pathsep) if d and d != bin_dir]
+    search = os.pathsep.join([bin_dir, *rest])
+    os.environ["PATH"] = env["PATH"] = search
+    found = shutil.which("ansible-playbook", path=search)
+    if found is None:
+        raise ProvisionError(f"ansible-playbook not found next to {sys.executable} or on PATH; "
+                             "reinstall mlops-provision (it depends on ansible-core)")
+    return found
 
 
 def _new_run_dir(action: str) -> Path:
@@ -178,6 +219,7 @@ def run(req: RunRequest) -> RunResult:
     hosts: dict[str, HostResult] = {}
     playbook = paths.playbook(req.action)
     env = ansible_env()
+    find_ansible_playbook(env)
     started = time.monotonic()
 
     with tempfile.TemporaryDirectory(prefix="mlops-provision-") as private:
@@ -197,6 +239,10 @@ def run(req: RunRequest) -> RunResult:
             generated.write_text(yaml.safe_dump(req.generated_inventory))
             inventories.insert(0, generated)
         cmdline = _cmdline(req, vars_file, vault_file)
+        # ansible-runner reads its settings only from this file (a `settings=` argument is
+        # dropped when the file is missing).
+        (private_dir / "env").mkdir(mode=0o700)
+        (private_dir / "env" / "settings").write_text(yaml.safe_dump({"pexpect_timeout": CANCEL_POLL_S}))
         counter = threading.Thread(target=_count_tasks, daemon=True,
                                    args=(playbook, inventories, cmdline, env, progress))
         counter.start()
@@ -205,17 +251,21 @@ def run(req: RunRequest) -> RunResult:
             _collect(event, hosts)
             return progress.handle(event)
 
-        result = ansible_runner.run(
-            private_data_dir=str(private_dir),
-            playbook=str(playbook),
-            inventory=[str(i) for i in inventories],
-            cmdline=shlex.join(cmdline),
-            envvars=env,
-            verbosity=req.verbosity or None,
-            quiet=req.verbosity == 0,
-            event_handler=on_event,
-            suppress_env_files=True,
-        )
+        # A signal cancels the run through cancel_callback (ansible-runner then stops the play
+        # with status 'canceled'); no KeyboardInterrupt would ever reach us from inside it.
+        with interrupt.deferred():
+            result = ansible_runner.run(
+                private_data_dir=str(private_dir),
+                playbook=str(playbook),
+                inventory=[str(i) for i in inventories],
+                cmdline=shlex.join(cmdline),
+                envvars=env,
+                verbosity=req.verbosity or None,
+                quiet=req.verbosity == 0,
+                event_handler=on_event,
+                cancel_callback=interrupt.requested,
+                suppress_env_files=True,
+            )
         progress.finish()
         redact = Redactor(req.secrets + _secret_values(req.secrets_dir))  # with passwords made in this run
         stdout = result.stdout.read() if result.stdout else ""
@@ -225,8 +275,13 @@ def run(req: RunRequest) -> RunResult:
     if result.rc == 0:
         _remember_task_count(req.action, progress.done)
     outcome = RunResult(action=req.action, rc=int(result.rc or 0), duration=time.monotonic() - started,
-                        run_dir=run_dir, hosts=hosts)
-    summary = {"action": req.action, "rc": outcome.rc, "duration_s": round(outcome.duration, 1),
+                        run_dir=run_dir, hosts=hosts, status=str(result.status or ""),
+                        signalled=interrupt.requested(), last_task=progress.last_task,
+                        last_task_number=progress.last_number, last_task_hosts=progress.last_hosts)
+    summary = {"action": req.action, "rc": outcome.rc, "status": outcome.status,
+               "duration_s": round(outcome.duration, 1),
+               "last_task": {"number": outcome.last_task_number, "name": outcome.last_task,
+                             "hosts": outcome.last_task_hosts},
                "hosts": {name: asdict(h) for name, h in hosts.items()}}
     (run_dir / "summary.json").write_text(redact(json.dumps(summary, indent=2)) + "\n")
     return outcome
@@ -246,6 +301,9 @@ def _collect(event: dict[str, Any], hosts: dict[str, HostResult]) -> None:
                            ("dark", "unreachable"), ("skipped", "skipped")):
             for host, count in (data.get(stat) or {}).items():
                 setattr(hosts.setdefault(host, HostResult(host)), attr, int(count))
+        for entry in hosts.values():
+            if entry.stopped_answering and entry.failed:  # lost, not broken: exit 3
+                entry.unreachable, entry.failed = entry.unreachable + entry.failed, 0
         return
     host = data.get("host")
     if not host:
@@ -253,10 +311,11 @@ def _collect(event: dict[str, Any], hosts: dict[str, HostResult]) -> None:
     entry = hosts.setdefault(host, HostResult(host))
     res = data.get("res") or {}
     if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):
-        entry.failures.append(failure_message(res))
-        if any(str(data.get("task", "")).startswith(t) for t in VALIDATION_TASKS):
-            entry.validation_failed = True
+        failure = classify(host, task_name(data), res)
+        entry.failures.append(failure.message)
+        entry.validation_failed |= failure.validation
+        entry.stopped_answering |= failure.lost_host and kind == "runner_on_failed"
     elif kind == "runner_on_ok":
         facts = res.get("ansible_facts") or {}
-        if "mlflow_deployment" in facts:
-            entry.deployment = dict(facts["mlflow_deployment"])
+        if isinstance(facts.get("mlflow_deployment"), dict):
+            entry.deployment = Deployment.from_fact(facts["mlflow_deployment"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,28 @@ class SecretStore:
                 for name in migrated:  # now kept encrypted only
                     (self.plain_dir / name).unlink(missing_ok=True)
 
+    @property
+    def vaulted(self) -> bool:
+        return self.vault_file.exists()
+
+    def remove(self, names: Iterable[str]) -> list[str]:
+        """Delete these entries wherever they are kept; returns the ones that existed. Entries in
+        the vault stay unless the vault password was given."""
+        wanted = set(names)
+        removed = set()
+        for name in wanted:
+            path = self.plain_dir / name
+            if path.is_file():
+                path.unlink()
+                removed.add(name)
+        if self.vault_file.exists() and self.vault_password is not None:
+            entries = self._load_vault()
+            found = wanted & set(entries)
+            if found:
+                self._save_vault({k: v for k, v in entries.items() if k not in found})
+                removed |= found
+        return sorted(removed)
+
     def values(self) -> list[str]:
         """Every stored secret value (for redaction); the password lookup stores 'value[ salt=..]'."""
         if self.vault_password is not None:
@@ -113,3 +135,19 @@ class SecretStore:
         else:
             contents = list(self._read_dir(self.plain_dir).values())
         return [c.split(" salt=")[0].strip() for c in contents if c.strip()]
+
+
+@contextmanager
+def throwaway_copy(directory: Path) -> Iterator[Path]:
+    """A private copy of a secrets directory, deleted afterwards: for --check, whose password
+    lookups would otherwise store passwords for a deploy that never happened."""
+    with tempfile.TemporaryDirectory(prefix="mlops-secrets-check-") as tmp:
+        work = Path(tmp)
+        work.chmod(0o700)
+        if directory.is_dir():
+            for src in sorted(directory.iterdir()):
+                if src.is_file():
+                    fd = os.open(work / src.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(src.read_bytes())
+        yield work

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+from mlops_provision.deployment import Deployment
 from mlops_provision.health import Report
 from mlops_provision.runner import HostResult, RunResult
+
+INTERRUPTED = "INTERRUPTED (the host may be half-changed)"
+INCOMPLETE = "INCOMPLETE (the run ended early; see the log)"
 
 
 def _counts(h: HostResult) -> str:
     return f"ok={h.ok} changed={h.changed} failed={h.failed} unreachable={h.unreachable}"
+
+
+def interrupted_message(result: RunResult) -> str:
+    """For stderr when a run was cancelled (Ctrl-C, SIGTERM): where it stopped and what to do."""
+    if not result.last_task:
+        return "interrupted before the first task; no host was changed: run the same command again"
+    return (f"interrupted during {result.phase} (task {result.last_task_number}: {result.last_task}); "
+            "the host may be half-changed: run the same command again to converge")
+
+
+def _ended_early(result: RunResult) -> bool:
+    """A failed run that no failed or unreachable host explains (ansible-playbook died, a
+    play-level error): hosts without failures did not necessarily get through their tasks."""
+    return (result.rc != 0 and not result.interrupted
+            and not any(h.failed or h.unreachable for h in result.hosts.values()))
+
+
+def _host_line(name: str, h: HostResult, state: str, result: RunResult) -> str:
+    # A cancelled run has no final statistics: counts would read as "nothing happened".
+    return f"{name}: {state}" if result.interrupted else f"{name}: {state}  [{_counts(h)}]"
 
 
 def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Report],
@@ -20,14 +44,20 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
             state = "UNREACHABLE"
         elif h.failed:
             state = "FAILED"
+        elif result.interrupted:
+            state = INTERRUPTED
+        elif _ended_early(result):
+            state = INCOMPLETE
         elif check_mode:
             state = "checked (--check: nothing changed)"
         else:
             state = "deployed" if h.changed else "up to date (no changes)"
-        lines.append(f"{name}: {state}  [{_counts(h)}]")
+        lines.append(_host_line(name, h, state, result))
         for failure in h.failures[:3]:
             lines.append(f"  error      {failure.strip().splitlines()[0] if failure.strip() else failure}")
-        if dep:
+        if check_mode and dep is not None and dep.plan is not None:
+            lines += _plan_lines(dep.plan)
+        if dep is not None:
             url = urls.get(name, "")
             rep = health.get(name)
             if rep is None:
@@ -41,17 +71,19 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
                                if rep.unreachable else f"FAILING: {bad}")
             lines += [
                 f"  URL        {url}",
-                f"  MLflow     {dep.get('version', '?')}",
-                f"  backend    {dep.get('backend', '?')}",
-                f"  artifacts  {dep.get('artifacts', '?')}",
+                f"  MLflow     {dep.version or '?'}",
+                *([f"  restarted  yes: {'; '.join(dep.restart_reasons) or 'reason not reported'}"]
+                  if dep.restarted and not check_mode else []),
+                f"  backend    {dep.backend or '?'}",
+                f"  artifacts  {dep.artifacts or '?'}",
                 *_security_lines(name, dep),
                 f"  health     {health_text}",
                 f"  use        export MLFLOW_TRACKING_URI={url}",
             ]
-            if dep.get("auth_user"):
-                lines.append(f"             export MLFLOW_TRACKING_USERNAME={dep['auth_user']} "
+            if dep.auth_user:
+                lines.append(f"             export MLFLOW_TRACKING_USERNAME={dep.auth_user} "
                              f"MLFLOW_TRACKING_PASSWORD=$(mlops-provision user admin-password --host {name})")
-            if dep.get("artifact_kind") in ("s3", "gs", "wasbs") and str(dep.get("serve_artifacts")) == "True":
+            if dep.artifact_kind in ("s3", "gs", "wasbs") and dep.serve_artifacts:
                 # MLflow >= 3.x clients fetch large artifacts of such stores through presigned URLs,
                 # straight from the store, unless told otherwise.
                 lines.append("             export MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false"
@@ -60,22 +92,29 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
     return "\n".join(lines)
 
 
-def _security_lines(name: str, dep: dict[str, object]) -> list[str]:
+def _plan_lines(plan: list[str]) -> list[str]:
+    """--check: what a real deploy would do on the host, one line each."""
+    if not plan:
+        return ["  plan       no changes"]
+    return [f"  would      {step[len('would '):]}" if step.startswith("would ") else f"  plan       {step}"
+            for step in plan]
+
+
+def _security_lines(name: str, dep: Deployment) -> list[str]:
     """Authentication, TLS and who may connect: what an operator must know about exposure."""
     lines = []
-    if dep.get("auth_user"):
-        lines.append(f"  auth       basic: admin user {dep['auth_user']}, password kept on this machine "
+    if dep.auth_user:
+        lines.append(f"  auth       basic: admin user {dep.auth_user}, password kept on this machine "
                      f"(mlops-provision user admin-password --host {name})")
     else:
         lines.append("  auth       NONE (--auth none): WARNING anyone who reaches the server can read, change "
                      "and delete every experiment, run and model")
-    tls = str(dep.get("tls") or "")
+    tls = dep.tls
     if tls:
         lines.append(f"  tls        {tls} (nginx in front; MLflow itself listens on 127.0.0.1 only)")
-    ports = "443 and 80" if tls else str(dep.get("port", 5000))
-    allow_from = dep.get("allow_from")
-    allow = [str(a) for a in allow_from] if isinstance(allow_from, list) else []
-    firewall = str(dep.get("firewall") or "unmanaged")
+    ports = "443 and 80" if tls else str(dep.port)
+    allow = dep.allow_from
+    firewall = dep.firewall
     if allow:
         lines.append(f"  firewall   port {ports} open only to {', '.join(allow)} ({firewall})")
     elif firewall in ("none", "unmanaged"):
@@ -91,9 +130,15 @@ def destroy_summary(result: RunResult, purge: bool) -> str:
     lines = []
     for name in sorted(result.hosts):
         h = result.hosts[name]
-        state = "UNREACHABLE" if h.unreachable else ("FAILED" if h.failed else "removed")
-        kept = "" if purge or h.failed or h.unreachable else " (data in /var/lib/mlflow kept; --purge-data removes it)"
-        lines.append(f"{name}: {state}{kept}  [{_counts(h)}]")
+        if h.unreachable or h.failed:
+            state = "UNREACHABLE" if h.unreachable else "FAILED"
+        elif result.interrupted:
+            state = INTERRUPTED
+        elif _ended_early(result):
+            state = INCOMPLETE
+        else:
+            state = "removed" + ("" if purge else " (data in /var/lib/mlflow kept; --purge-data removes it)")
+        lines.append(_host_line(name, h, state, result))
         lines += [f"  error      {f.strip()}" for f in h.failures[:3]]
     lines.append(f"duration {result.duration:.1f} s; full log: {result.run_dir / 'ansible.log'}")
     return "\n".join(lines)

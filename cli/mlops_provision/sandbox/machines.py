@@ -7,6 +7,7 @@ key and published MLflow port exactly like an inventory host.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mlops_provision import endpoints
 from mlops_provision.errors import ProvisionError, UsageError
 from mlops_provision.paths import state_dir
 from mlops_provision.sandbox.image import SANDBOX_USER, build_image
@@ -166,3 +168,25 @@ def down(name: str) -> bool:
             path.unlink()
             removed = True
     return removed
+
+
+def secret_names(name: str) -> list[str]:
+    """The secrets-store entries the roles create for sandbox `name` (its auth realm and its
+    local PostgreSQL): removed with it, so a new sandbox of that name never inherits them."""
+    check_name(name)
+    return [f"mlflow-admin-{name}.password", f"mlflow-flask-{name}.key", f"postgresql-{name}.password"]
+
+
+def forget_endpoint(name: str) -> bool:
+    """Drop the endpoint record `deploy` kept for `name` (health and user would find a dead URL)."""
+    entries = endpoints.load_all()
+    if name not in entries:
+        return False
+    del entries[name]
+    record = state_dir() / "endpoints.json"
+    partial = record.with_suffix(".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({host: asdict(e) for host, e in entries.items()}, fh, indent=2, sort_keys=True)
+    os.replace(partial, record)
+    return True
