@@ -173,6 +173,52 @@ def test_a_crash_loop_stops_after_the_start_limit_then_recovers(vm: VM) -> None:
     assert "zz-reliability-crash" not in show(vm, "DropInPaths")["DropInPaths"]
 
 
+def test_a_port_taken_at_start_ends_failed_and_the_next_deploy_recovers(vm: VM) -> None:
+    """uvicorn exits 0 on "Address already in use": the unit must still end failed (retried
+    within the start limit), so systemd, monitoring and `health` agree; a deploy brings it back."""
+    vm.sh(f"systemctl stop {UNIT} && systemctl reset-failed {UNIT}")
+    vm.sh("nohup python3 -m http.server 5000 >/dev/null 2>&1 & sleep 1")
+    try:
+        vm.sh(f"systemctl start {UNIT}")
+        assert wait_for(lambda: show(vm, "ActiveState")["ActiveState"] == "failed", 120, interval=1), (
+            show(vm, "ActiveState", "SubState", "Result", "NRestarts"))
+        state = show(vm, "Result", "NRestarts")
+        assert int(state["NRestarts"]) >= 1, state  # retried before giving up
+        assert UNIT in vm.sh("systemctl --failed --no-legend")
+        assert "Address already in use" in vm.sh(f"journalctl -u {UNIT} -n 200 --no-pager -o cat")
+    finally:
+        vm.sh("pkill -f 'http[.]server 5000' || true")
+    proc = cli("deploy", "--host", vm.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "restarted  yes: not running (failed)" in proc.stdout
+    wait_healthy_again(vm, OBSERVE_S)
+
+
+def test_verify_stops_when_systemd_gives_up_and_shows_the_failing_journal(vm: VM) -> None:
+    """A new configuration whose every start fails: verify sees the unit failed at once instead of
+    polling for the whole health window, and the rollback (which fails too here, the drop-in
+    breaks every start) is reported with its own journal."""
+    try:
+        vm.sh(f"mkdir -p $(dirname {DROP_IN}) && printf '[Service]\\nExecStartPre=/bin/false\\n' > {DROP_IN}"
+              " && systemctl daemon-reload")
+        began = time.monotonic()
+        proc = cli("deploy", "--host", vm.name, "--workers", "3")
+        took = time.monotonic() - began
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert re.search(rf"mlflow\.service is failed \(Result=[a-z-]+\): it exited and systemd stopped "
+                         rf"restarting it on {vm.name}\.", proc.stdout), proc.stdout
+        assert "The rollback to the previous configuration did not come up either: mlflow.service is failed" \
+            in proc.stdout
+        assert re.search(r"control process exited", proc.stdout, re.I), proc.stdout  # the rollback's own start
+        print(f"failing deploy with a failing rollback ended after {took:.0f} s")
+        assert took < 120, f"verify kept polling a unit systemd had given up on ({took:.0f} s)"
+    finally:
+        vm.sh(f"rm -f {DROP_IN} && systemctl daemon-reload", check=False)
+    proc = cli("deploy", "--host", vm.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wait_healthy_again(vm, OBSERVE_S)
+
+
 def test_reboot_of_the_vm_brings_the_server_back_without_help(vm: VM) -> None:
     wait_healthy_again(vm, OBSERVE_S)
     before = vm.sh(f"systemctl show -p InvocationID --value {UNIT}").strip()
