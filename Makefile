@@ -30,13 +30,13 @@ lint: setup
 	ansible-lint --profile production
 
 unit: setup
-	pytest -q tests/unit
+	pytest -q --durations=10 tests/unit
 
 molecule: images
 	cd $(CURDIR) && molecule test --all
 
 e2e: images
-	pytest -q tests/e2e
+	pytest -q --durations=25 tests/e2e
 
 test: lint unit molecule e2e
 
