@@ -167,3 +167,11 @@ def test_a_signal_mid_run_cancels_it_and_says_where(tmp_path: Path, silent_ssh_p
                      r"run the same command again to converge$", err, re.M), err
     assert "hung: INTERRUPTED (the host may be half-changed)" in out or "hung" not in out
     assert "removed" not in out
+
+
+def test_a_broken_pipe_quoted_from_the_journal_is_a_failure_not_a_lost_host() -> None:
+    hosts: dict[str, HostResult] = {}
+    msg = "mlflow.service did not answer. Its journal ends with:\nBrokenPipeError: [Errno 32] Broken pipe"
+    _collect(_failed("vm1", "Verify | Check that this service answers", msg), hosts)
+    _collect(_stats(ok={"vm1": 12}, failures={"vm1": 1}), hosts)
+    assert hosts["vm1"].failed == 1 and hosts["vm1"].unreachable == 0

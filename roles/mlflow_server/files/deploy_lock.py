@@ -1,6 +1,6 @@
 """The host's deploy lock: one deploy at a time changes this MLflow server.
 
-A lease in /run/lock (gone at reboot) holding who has it: control node, user, pid and start
+A lease in /run/mlops-provision (root only, gone at reboot) holding who has it: control node, user, pid and start
 of the ansible-playbook process, and when the lease expires. Each change of the file happens
 under flock, so two deploys never both take it. A lease is taken over when it has expired, when
 it is this run's own, or when the control node that holds it says its holder is dead (the role
@@ -26,12 +26,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-LOCK = "/run/lock/mlops-provision-mlflow.lock"
+# Root-only: /run/lock is world-writable, where any user could pre-create or hold the file.
+LOCK_DIR = "/run/mlops-provision"
+LOCK = LOCK_DIR + "/deploy.lock"
 
 
 def _locked(change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[str, Any]:
     """Read the lease under flock; write what change() returns (None: keep, {}: release)."""
-    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    os.makedirs(LOCK_DIR, mode=0o700, exist_ok=True)
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "r+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -86,8 +89,18 @@ def main() -> int:
                 out = {"ok": False, "holder": got["holder"]}
                 break
             time.sleep(1)
-    elif args.command == "renew":
-        _locked(lambda cur: {**me, "expires": time.time() + args.ttl} if free_for_me(cur) else None)
+    elif args.command == "renew":  # ok: false when another deploy has taken the lease meanwhile
+        seen: dict[str, Any] = {}
+
+        def extend(cur: dict[str, Any]) -> dict[str, Any] | None:
+            if free_for_me(cur):
+                return {**me, "expires": time.time() + args.ttl}
+            seen["holder"] = cur
+            return None
+
+        _locked(extend)
+        if seen:
+            out = {"ok": False, "holder": seen["holder"]}
     else:  # release, only our own lease
         _locked(lambda cur: {} if not cur or cur.get("run_id") == me.get("run_id") else None)
     json.dump(out, sys.stdout)

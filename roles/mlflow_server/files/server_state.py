@@ -113,8 +113,11 @@ def _guess_pid(uid: int, port: int) -> int:
 
 def port_owner(port: int, service_user: str = "mlflow") -> dict[str, object]:
     """free, ours (a process of mlflow.service), or foreign (with the program, pid and user)."""
-    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True,
-                         check=False).stdout
+    try:
+        out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True,
+                             check=False).stdout
+    except FileNotFoundError:  # no iproute2: /proc/net alone
+        out = "LISTEN" if _listening_uids(port) else ""
     if not out.strip():
         return {"state": "free"}
     pids = [int(p) for p in re.findall(r"pid=(\d+)", out)]
@@ -169,6 +172,7 @@ def state(args: argparse.Namespace) -> dict[str, object]:
         "in_sync": active == "active" and bool(running_venv) and not newer and not reload_needed
         and running_venv == link,
         "port": port_owner(args.port, args.user), "now": time.time(),
+        "kept_venv": Path(args.kept).read_text().strip() if os.path.isfile(args.kept) else "",
     }
 
 
@@ -228,6 +232,7 @@ def main() -> int:
     st.add_argument("--venv-link", required=True)
     st.add_argument("--file", action="append", default=[])
     st.add_argument("--user", default="mlflow")
+    st.add_argument("--kept", default="/etc/mlflow/previous/venv", help="the rollback target's venv file")
     wt = sub.add_parser("wait")
     wt.add_argument("--port", type=int, required=True)
     wt.add_argument("--timeout", type=int, required=True)

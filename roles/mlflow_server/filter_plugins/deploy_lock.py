@@ -15,13 +15,23 @@ from pathlib import Path
 from typing import Any
 
 
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
 def _node_id() -> str:
-    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:
-            return Path(path).read_text().strip()
-        except OSError:
-            continue
-    return socket.gethostname()
+    """This boot of this machine, in this pid namespace: machine-ids are empty or cloned in many
+    images, so the boot id, the pid namespace and the hostname are part of it too."""
+    try:
+        pidns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        pidns = ""
+    parts = [_read("/etc/machine-id") or _read("/var/lib/dbus/machine-id"),
+             _read("/proc/sys/kernel/random/boot_id"), pidns, socket.gethostname()]
+    return "-".join(p for p in parts if p)
 
 
 def _start_ticks(pid: int) -> str:
@@ -46,7 +56,17 @@ def lock_holder_is_dead(holder: Any) -> bool:
     if not isinstance(holder, dict) or not holder.get("run_id") or holder.get("node_id") != _node_id():
         return False
     pid = int(holder.get("pid") or 0)
-    return not pid or f"{holder.get('node_id')}:{pid}:{_start_ticks(pid)}" != holder["run_id"]
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    ticks = _start_ticks(pid)
+    # The pid is alive: dead only if it now belongs to a process started at another time.
+    return bool(ticks) and f"{holder.get('node_id')}:{pid}:{ticks}" != holder["run_id"]
 
 
 class FilterModule:
