@@ -163,14 +163,16 @@ def state(args: argparse.Namespace) -> dict[str, object]:
     link = os.path.realpath(args.venv_link) if os.path.islink(args.venv_link) else ""
     active = props.get("ActiveState", "")
     reload_needed = props.get("NeedDaemonReload") == "yes"
+    # A server killed mid-verify may run and still be sick: only a healthy one is kept.
+    healthy = active == "active" and bool(args.running_port) and _health(args.running_port) == 200
     return {
         "active": active, "sub": props.get("SubState", ""), "result": props.get("Result", ""),
         "loaded": props.get("LoadState", "") == "loaded", "main_pid": pid, "started_at": start,
         "running_venv": running_venv, "running_version": mlflow_version_in(running_venv) if running_venv else "",
         "current_venv": link, "newer_files": newer, "present": present, "need_daemon_reload": reload_needed,
         # What runs is exactly what the files on disk describe: safe to keep as the rollback target.
-        "in_sync": active == "active" and bool(running_venv) and not newer and not reload_needed
-        and running_venv == link,
+        "in_sync": healthy and bool(running_venv) and not newer and not reload_needed and running_venv == link,
+        "healthy": healthy,
         "port": port_owner(args.port, args.user), "now": time.time(),
         "kept_venv": Path(args.kept).read_text().strip() if os.path.isfile(args.kept) else "",
     }
@@ -232,6 +234,7 @@ def main() -> int:
     st.add_argument("--venv-link", required=True)
     st.add_argument("--file", action="append", default=[])
     st.add_argument("--user", default="mlflow")
+    st.add_argument("--running-port", type=int, default=0, help="the port the running server listens on")
     st.add_argument("--kept", default="/etc/mlflow/previous/venv", help="the rollback target's venv file")
     wt = sub.add_parser("wait")
     wt.add_argument("--port", type=int, required=True)
