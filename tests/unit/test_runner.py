@@ -155,7 +155,7 @@ def test_a_signal_mid_run_cancels_it_and_says_where(tmp_path: Path, silent_ssh_p
     seen = []
     for line in proc.stderr:  # one line per task when not on a terminal
         seen.append(line)
-        if "Destroy | " in line:  # the first task that needs the (hung) connection
+        if "Lock | Read the holder" in line:  # the first task that needs the (hung) connection
             break
     time.sleep(1)
     began = time.monotonic()
@@ -163,7 +163,7 @@ def test_a_signal_mid_run_cancels_it_and_says_where(tmp_path: Path, silent_ssh_p
     out, err = proc.communicate(timeout=30)
     assert time.monotonic() - began < 10
     assert proc.returncode == 130, "".join(seen) + err
-    assert re.search(r"^interrupted during Destroy \(task \d+: Destroy \| [^)]+\); the host may be half-changed: "
+    assert re.search(r"^interrupted during Lock \(task \d+: Lock \| [^)]+\); the host may be half-changed: "
                      r"run the same command again to converge$", err, re.M), err
     assert "hung: INTERRUPTED (the host may be half-changed)" in out or "hung" not in out
     assert "removed" not in out
