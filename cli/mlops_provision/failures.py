@@ -20,6 +20,8 @@ LEGACY_VALIDATION_TASKS = ("Preflight | Validate", "PostgreSQL | Validate", "Pro
 _LOST_SSH = re.compile(
     r"Timeout.*privilege escalation prompt"
     r"|Connection timed out during banner exchange"
+    # Ansible's words when an established connection dies (a first contact fails differently)
+    r"|Data could not be sent to remote host"
     # ssh's own words only: a journal or pip error quoting "Broken pipe" is not a lost host
     r"|client_loop: send disconnect: Broken pipe|mux_client_\w+: [^\n]*Broken pipe"
     r"|Timeout, server \S+ not responding",

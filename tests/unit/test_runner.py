@@ -98,6 +98,7 @@ def test_validation_failures_are_recognised_by_marker_or_arg_spec(task: str, msg
     "Data could not be sent to remote host \"10.0.0.5\". Make sure this host can be reached over ssh: "
     "client_loop: send disconnect: Broken pipe\r\n",
     "Timeout, server 10.0.0.5 not responding.\nsecond line",
+    'Task failed: Data could not be sent to remote host "127.0.0.1". Make sure this host can be reached over ssh:',
 ])
 def test_a_host_that_stops_answering_is_unreachable_not_failed(msg: str) -> None:
     hosts: dict[str, HostResult] = {}
