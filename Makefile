@@ -32,10 +32,10 @@ lint: setup
 unit: setup
 	pytest -q --durations=10 tests/unit
 
-# The scenarios whose ground the end-to-end tests do not cover: the role on Debian 12 and 13,
-# a separate database host, nginx on Debian 13. s3, azure and postgresql (same ground as
-# tests/e2e/test_artifacts.py and test_postgresql.py) run with `make molecule-all`.
-MOLECULE_SCENARIOS ?= default postgresql_external tls
+# The scenarios whose ground the end-to-end tests do not cover: the role applied on its own on
+# Debian 12 and 13, and a separate database host. tls, s3, azure and postgresql (same ground as
+# tests/e2e/test_security.py, test_artifacts.py and test_postgresql.py) run with `make molecule-all`.
+MOLECULE_SCENARIOS ?= default postgresql_external
 molecule: images
 	cd $(CURDIR) && for s in $(MOLECULE_SCENARIOS); do molecule test -s $$s || exit 1; done
 
@@ -45,7 +45,9 @@ molecule-all: images
 e2e: images
 	pytest -q --durations=25 tests/e2e
 
-test: lint unit molecule e2e
+# Prints each stage's time at the end; docs/testing.md records them.
+test:
+	@bash scripts/timed_stages.sh setup images lint unit molecule e2e
 
 bench: images
 	python scripts/bench.py $(BENCH_ARGS)

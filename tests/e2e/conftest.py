@@ -3,6 +3,11 @@
 Each test module keeps its own state directory (sandbox records, run logs, the secrets store),
 so the tests neither see nor change an operator's, and one module's stored store keys or vault
 never change what another sees; the wheelhouse cache stays shared.
+
+The modules that need "a server deployed with the defaults" (test_deploy, test_hostile_input,
+test_reliability, test_security) share one sandbox and one state directory instead: they set
+SHARED_SERVER = True and take the `shared_server` fixture. Each leaves the server healthy for the
+next; tests marked `ends_shared_server` (destroy) run after every other test of the session.
 """
 
 from __future__ import annotations
@@ -19,13 +24,22 @@ import pytest
 from tests.conftest import CLI
 
 os.environ["MLOPS_PROVISION_HOME"] = tempfile.mkdtemp(prefix="mlops-e2e-state-")
+SHARED_STATE = tempfile.mkdtemp(prefix="mlops-e2e-shared-state-")
+SHARED_SANDBOX = "e2e-debian12"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that take the shared server down run last, whatever module they are in."""
+    items.sort(key=lambda item: item.get_closest_marker("ends_shared_server") is not None)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def private_state() -> Iterator[Path]:
-    """A fresh state directory for each test module (set before its sandboxes start)."""
+def private_state(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh state directory for each test module (set before its sandboxes start), or the
+    shared server's for the modules that use it."""
     before = os.environ["MLOPS_PROVISION_HOME"]
-    os.environ["MLOPS_PROVISION_HOME"] = tempfile.mkdtemp(prefix="mlops-e2e-state-")
+    shared = getattr(request.module, "SHARED_SERVER", False)
+    os.environ["MLOPS_PROVISION_HOME"] = SHARED_STATE if shared else tempfile.mkdtemp(prefix="mlops-e2e-state-")
     yield Path(os.environ["MLOPS_PROVISION_HOME"])
     os.environ["MLOPS_PROVISION_HOME"] = before
 
@@ -61,6 +75,29 @@ class VM:
         box.url = re.search(r"published at (http://127\.0\.0\.1:\d+)", proc.stdout).group(1)  # type: ignore[union-attr]
         yield box
         cli("sandbox", "down", "--name", name)
+
+
+@pytest.fixture(scope="session")
+def shared_server() -> Iterator[VM]:
+    """One Debian 12 sandbox for the modules that set SHARED_SERVER (test_deploy deploys it
+    first and asserts that first deploy; the others call `ensure_deployed`)."""
+    before = os.environ["MLOPS_PROVISION_HOME"]
+    os.environ["MLOPS_PROVISION_HOME"] = SHARED_STATE
+    boxes = VM.up(SHARED_SANDBOX, "debian12")
+    box = next(boxes)
+    os.environ["MLOPS_PROVISION_HOME"] = before
+    yield box
+    os.environ["MLOPS_PROVISION_HOME"] = SHARED_STATE
+    next(boxes, None)  # sandbox down
+    os.environ["MLOPS_PROVISION_HOME"] = before
+
+
+def ensure_deployed(vm: VM) -> VM:
+    """Deploy the defaults unless the server already runs (a module run on its own)."""
+    if vm.sh("systemctl is-active mlflow.service", check=False).strip() != "active":
+        proc = cli("deploy", "--host", vm.name)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return vm
 
 
 def admin_env(vm: VM, *secrets_args: str) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """End to end over real SSH: sandbox VM -> deploy -> the real mlflow client -> health -> redeploy
 -> render equality -> bad input leaves the host untouched -> destroy.
 
-The tests in this module run in order against one sandbox per distro and build on each other.
+The tests in this module run in order against the shared sandbox (tests/e2e/conftest.py) and
+build on each other; this module makes its first deploy, and destroy runs after every other test.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +20,14 @@ from tests.conftest import CLI
 from tests.e2e.conftest import VM, admin_env, cli
 
 pytestmark = pytest.mark.e2e
+SHARED_SERVER = True
 
 
-# Debian 13 runs the same role in Molecule (default, tls, postgresql_external); one distro here
+# Debian 13 runs the same role in Molecule (default, postgresql_external); one distro here
 # keeps the suite inside its time budget.
-@pytest.fixture(scope="module", params=["debian12"])
-def vm(request: pytest.FixtureRequest) -> Iterator[VM]:
-    yield from VM.up(f"e2e-{request.param}", request.param)
+@pytest.fixture(scope="module")
+def vm(shared_server: VM) -> VM:
+    return shared_server
 
 
 def test_deploy_prints_a_summary_and_the_server_answers(vm: VM) -> None:
@@ -205,6 +206,7 @@ def test_unreachable_host_exits_3() -> None:
     assert "127.0.0.1: UNREACHABLE" in proc.stdout
 
 
+@pytest.mark.ends_shared_server
 def test_destroy_removes_service_keeps_data_then_purges(vm: VM) -> None:
     proc = cli("destroy", "--host", vm.name, "--yes")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -2,12 +2,13 @@
 message naming the flag, key or variable and what is valid, and the deployed host stays as
 it was (same files, same MainPID and start time, same venvs) after every row.
 
-One sandbox is deployed once for the module. Rows refused on the control node must not start
-Ansible (no run directory appears) and must be fast; inventory rows run Ansible only up to the
-role's preflight (`--tags mlflow_preflight`, so a validation hole cannot change the shared host:
-it shows as exit 0 instead of 2). Rows marked with `bug=` are known holes, kept as strict xfails
-so that the fix flips them. Values that are valid but full of shell and systemd metacharacters
-must reach the service's process byte for byte, without running anything.
+The module runs on the shared sandbox (tests/e2e/conftest.py), deployed with the defaults. Rows
+refused on the control node must not start Ansible (no run directory appears) and must be fast;
+inventory rows run Ansible only up to the role's preflight (`--tags mlflow_preflight`, so a
+validation hole cannot change the shared host: it shows as exit 0 instead of 2). Rows marked
+with `bug=` are known holes, kept as strict xfails so that the fix flips them. Values that are
+valid but full of shell and systemd metacharacters must reach the service's process byte for
+byte, without running anything.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,10 @@ import pytest
 import yaml
 
 from tests.conftest import CLI
-from tests.e2e.conftest import VM, cli
+from tests.e2e.conftest import VM, cli, ensure_deployed
 
 pytestmark = pytest.mark.e2e
+SHARED_SERVER = True
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,6 @@ PENDING_ROWS: list[Row] = [
 ]
 # ------------------------------------------------------------------------------------------------
 
-SANDBOX = "hostile-e2e"
 PWNED = "/tmp/pwned-hostile"  # created only if some value is ever run by a shell
 FAST_S = 8.0  # a refusal on the control node is a Python start-up, not an Ansible run
 DEPLOY = ("deploy", "--host", "{vm}")
@@ -286,15 +287,8 @@ def _snapshot(vm: VM) -> str:
 
 
 @pytest.fixture(scope="module")
-def vm() -> Iterator[VM]:
-    boxes = VM.up(SANDBOX)
-    box = next(boxes)
-    try:
-        proc = cli("deploy", "--host", box.name)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        yield box
-    finally:
-        next(boxes, None)  # sandbox down
+def vm(shared_server: VM) -> VM:
+    return ensure_deployed(shared_server)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""Secure by default, end to end on one sandbox, in order: basic auth and the user commands,
-the admin password kept out of every log, --auth none, the firewall allowlist against a real
-nftables ruleset, and TLS through nginx with a self-signed certificate.
+"""Secure by default, end to end on the shared sandbox (tests/e2e/conftest.py), in order: basic
+auth and the user commands, the admin password kept out of every log, --auth none, the firewall
+allowlist against a real nftables ruleset, and TLS through nginx with a self-signed certificate.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import ssl
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import CLI
-from tests.e2e.conftest import VM, admin_env, cli, mlflow_client, places_where_secrets_must_not_be
+from tests.e2e.conftest import VM, admin_env, cli, ensure_deployed, mlflow_client, places_where_secrets_must_not_be
 
 pytestmark = pytest.mark.e2e
+SHARED_SERVER = True
 
 PROTECTED = "/api/2.0/mlflow/experiments/search?max_results=1"
 OUTPUTS: list[str] = []  # every CLI output of this module, searched for secrets at the end
@@ -29,8 +29,8 @@ ADMIN_PASSWORDS: list[str] = []  # the generated one and the rotated one
 
 
 @pytest.fixture(scope="module")
-def vm() -> Iterator[VM]:
-    yield from VM.up("sec-e2e", "debian12")
+def vm(shared_server: VM) -> VM:
+    return ensure_deployed(shared_server)
 
 
 def deploy(vm: VM, *args: str) -> subprocess.CompletedProcess[str]:
@@ -141,10 +141,7 @@ def test_auth_none_is_an_explicit_opt_out_with_a_warning(vm: VM) -> None:
     assert "  auth       NONE (--auth none): WARNING anyone who reaches the server can read, change" in proc.stdout
     assert status(vm.url + PROTECTED) == 200
     assert vm.sh("test -e /etc/mlflow/basic_auth.ini || echo gone").strip() == "gone"
-    proc = deploy(vm)  # and back: the users kept their passwords
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert status(vm.url + PROTECTED) == 401
-    assert status(vm.url + PROTECTED, "admin", admin_password(vm)) == 200
+    # The next test's deploy turns basic auth back on; it checks that the users kept their passwords.
 
 
 def test_allow_from_limits_the_port_with_nftables(vm: VM) -> None:
@@ -165,6 +162,9 @@ def test_allow_from_limits_the_port_with_nftables(vm: VM) -> None:
     chain = vm.sh("nft list chain inet filter input")
     assert f"ip saddr {gateway} tcp dport 5000 accept" in chain
     assert "ip6 saddr 2001:db8::/32 tcp dport 5000 accept" in chain
+    # Basic auth is back on (the last test ran with --auth none) and the users kept their passwords.
+    assert status(vm.url + PROTECTED) == 401
+    assert status(vm.url + PROTECTED, "admin", admin_password(vm)) == 200
 
     proc = deploy(vm, "--allow-from", "192.0.2.0/24")  # a network this machine is not in
     assert proc.returncode == 0, proc.stdout + proc.stderr
