@@ -46,6 +46,21 @@ def _list(value: Any) -> list[str]:
     return []
 
 
+def _migration(value: Any) -> dict[str, tuple[str, str]]:
+    """{"tracking": [from, to], ...}; a rendered string of it when Ansible templated it to text."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        import ast
+
+        try:
+            value = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(name): (str(pair[0]), str(pair[1])) for name, pair in value.items()
+            if isinstance(pair, (list, tuple)) and len(pair) == 2}
+
+
 @dataclass
 class Deployment:
     version: str = ""
@@ -66,6 +81,8 @@ class Deployment:
     restart_reasons: list[str] = field(default_factory=list)
     mlflow_version_running: str = ""
     plan: list[str] | None = None  # check mode: what a real run would do; None: the role said nothing
+    migration: dict[str, tuple[str, str]] = field(default_factory=dict)  # database -> (from, to) revision
+    backup: str = ""  # on the host: the backup taken before the migration
 
     @classmethod
     def from_fact(cls, fact: dict[str, Any]) -> Deployment:
@@ -89,4 +106,6 @@ class Deployment:
             restart_reasons=_list(get("restart_reasons")),
             mlflow_version_running=_str(get("mlflow_version_running")).strip(),
             plan=_list(get("plan")) if "plan" in fact else None,
+            migration=_migration(get("migration")),
+            backup=_str(get("backup")).strip(),
         )

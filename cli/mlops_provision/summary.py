@@ -74,6 +74,7 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
                 f"  MLflow     {dep.version or '?'}",
                 *([f"  restarted  yes: {'; '.join(dep.restart_reasons) or 'reason not reported'}"]
                   if dep.restarted and not check_mode else []),
+                *_migration_lines(dep),
                 f"  backend    {dep.backend or '?'}",
                 f"  artifacts  {dep.artifacts or '?'}",
                 *_security_lines(name, dep),
@@ -90,6 +91,22 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
                              "  # if clients cannot reach the store itself")
     lines.append(f"duration {result.duration:.1f} s; full log: {result.run_dir / 'ansible.log'}")
     return "\n".join(lines)
+
+
+DATABASE_NAMES = {"tracking": "tracking", "auth": "users"}
+
+
+def _migration_lines(dep: Deployment) -> list[str]:
+    """schema migrated REV_A -> REV_B (backup: PATH), one database per line."""
+    if not dep.migration:
+        return []
+    label = "schema"
+    lines = []
+    for name, (before, after) in dep.migration.items():
+        lines.append(f"  {label:<10} migrated {DATABASE_NAMES.get(name, name)} {before} → {after}")
+        label = ""
+    lines[-1] += f" (backup: {dep.backup})" if dep.backup else ""
+    return lines
 
 
 def _plan_lines(plan: list[str]) -> list[str]:

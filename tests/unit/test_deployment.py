@@ -30,3 +30,11 @@ def test_native_values_pass_through() -> None:
 
 def test_a_bad_port_falls_back_to_the_default() -> None:
     assert Deployment.from_fact({"port": "{{ mlflow_port }}"}).port == 5000
+
+
+def test_a_migration_is_read_from_native_and_rendered_forms() -> None:
+    native = Deployment.from_fact({"migration": {"tracking": ["a1", "b2"], "auth": ["c3", "d4"]}})
+    assert native.migration == {"tracking": ("a1", "b2"), "auth": ("c3", "d4")}
+    rendered = Deployment.from_fact({"migration": "{'tracking': ['a1', 'b2']}"})
+    assert rendered.migration == {"tracking": ("a1", "b2")}
+    assert Deployment.from_fact({"migration": "garbage"}).migration == {}

@@ -1,0 +1,149 @@
+"""Upgrades that cannot lose data, on one sandbox, in order: MLflow 3.14.0 with real data (runs
+with 50-step metrics, an artifact, a registered model, a second user) -> an upgrade that fails
+after its migration restores the backup and the old release serves the same data -> the real
+upgrade migrates once, with a backup, and every run, artifact and user is still there -> a
+downgrade is refused before anything stops.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import VM, admin_env, cli, mlflow_client
+
+pytestmark = pytest.mark.e2e
+
+OLD, NEW = "3.14.0", "3.17.2"
+OLD_HEAD, NEW_HEAD = "b7e4c1a90f23", "dc11669786a5"  # the tracking schema heads of OLD and NEW
+DATA: dict[str, object] = {}  # what test_old_release_with_real_data wrote, for the later reads
+
+
+@pytest.fixture(scope="module")
+def vm() -> Iterator[VM]:
+    yield from VM.up("upg-e2e", "debian12")
+
+
+def schema(vm: VM) -> str:
+    return vm.sh("python3 -c \"import sqlite3; print(sqlite3.connect('file:/var/lib/mlflow/mlflow.db?mode=ro', "
+                 "uri=True).execute('select version_num from alembic_version').fetchone()[0])\"").strip()
+
+
+def running_version(vm: VM) -> str:
+    """The MLflow release of the process systemd runs (its venv's), not of any file on disk."""
+    return vm.sh("pid=$(systemctl show -p MainPID --value mlflow.service);"
+                 " venv=$(dirname $(dirname $(tr '\\0' '\\n' < /proc/$pid/cmdline | head -1)));"
+                 " $venv/bin/python -c 'import importlib.metadata as m; print(m.version(\"mlflow\"))'").strip()
+
+
+READ_BACK = """
+import hashlib, json, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri({url!r})
+client = MlflowClient()
+run = client.get_run({run_id!r})
+history = client.get_metric_history({run_id!r}, "loss")
+path = client.download_artifacts({run_id!r}, "data/blob.bin", {dst!r})
+print(json.dumps({{
+    "steps": sorted(m.step for m in history), "last": run.data.metrics["loss"],
+    "artifact": hashlib.sha256(open(path, "rb").read()).hexdigest(),
+    "models": [m.name for m in client.search_registered_models()],
+    "runs": len(client.search_runs([run.info.experiment_id])),
+}}))
+"""
+
+
+def read_back(vm: VM, tmp: str) -> dict[str, object]:
+    code = READ_BACK.format(url=vm.url, run_id=DATA["run_id"], dst=tmp)
+    return mlflow_client(code, admin_env(vm))
+
+
+def test_old_release_with_real_data(vm: VM) -> None:
+    proc = cli("deploy", "--host", vm.name, "--mlflow-version", OLD)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert running_version(vm) == OLD and schema(vm) == OLD_HEAD
+    result = mlflow_client(f"""
+import hashlib, json, os, tempfile, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri({vm.url!r})
+mlflow.set_experiment("upgrade")
+blob = os.urandom(512 * 1024)
+with tempfile.TemporaryDirectory() as d:
+    open(os.path.join(d, "blob.bin"), "wb").write(blob)
+    with mlflow.start_run() as run:
+        for step in range(50):
+            mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+        mlflow.log_param("alpha", "0.5")
+        mlflow.log_artifact(os.path.join(d, "blob.bin"), artifact_path="data")
+    for _ in range(4):
+        with mlflow.start_run():
+            mlflow.log_metric("loss", 0.5)
+MlflowClient().create_registered_model("upgrade-model")
+print(json.dumps({{"run_id": run.info.run_id, "artifact": hashlib.sha256(blob).hexdigest()}}))
+""", admin_env(vm))
+    DATA.update(result)
+    proc = cli("user", "add", "--host", vm.name, "bob")
+    assert proc.returncode == 0, proc.stderr
+    DATA["bob"] = re.search(r"password \(shown once, not kept\): (\S+)", proc.stdout).group(1)  # type: ignore[union-attr]
+
+
+def test_an_upgrade_that_fails_after_its_migration_restores_the_backup(vm: VM, tmp_path: Path) -> None:
+    # A value only the new server rejects at its start: the migration has run by then.
+    broken = json.dumps({"mlflow_extra_env": {"MLFLOW_WORKERS": "many"},
+                         "mlflow_health_retries": 5, "mlflow_health_delay": 2})
+    proc = cli("deploy", "--host", vm.name, "--mlflow-version", NEW, "-e", broken)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert f"mlflow.service did not answer http://127.0.0.1:5000/health within 10 s on {vm.name}." in out
+    assert "The databases were restored from /var/backups/mlflow/pre-upgrade-" in out
+    assert "and hold the same data as before the migration." in out
+    assert "Rolled back: the previous configuration and venv serve again (/health OK)." in out
+    assert "'many' is not a valid integer" in out  # the real cause, from the new server's journal
+    # The old release serves the old schema and every row, run and artifact of before.
+    assert running_version(vm) == OLD and schema(vm) == OLD_HEAD
+    back = read_back(vm, str(tmp_path))
+    assert back["steps"] == list(range(50)) and back["artifact"] == DATA["artifact"]
+    assert back["models"] == ["upgrade-model"] and back["runs"] == 5
+
+
+def test_the_upgrade_migrates_once_with_a_backup_and_keeps_every_run(vm: VM, tmp_path: Path) -> None:
+    proc = cli("deploy", "--host", vm.name, "--mlflow-version", NEW)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    backup = re.search(rf"  schema     migrated tracking {OLD_HEAD} → {NEW_HEAD} "
+                       rf"\(backup: (/var/backups/mlflow/pre-upgrade-\S+-{OLD}-to-{NEW})\)", out)
+    assert backup, out
+    assert running_version(vm) == NEW and schema(vm) == NEW_HEAD
+    # The backup on the host is a consistent copy of the old schema, readable by root only.
+    manifest = json.loads(vm.sh(f"cat {backup.group(1)}/manifest.json"))
+    assert manifest["databases"]["tracking"]["revision"] == OLD_HEAD
+    assert manifest["databases"]["tracking"]["counts"]["runs"] == 5
+    assert vm.sh(f"stat -c '%a %U' {backup.group(1)}").strip() == "700 root"
+    assert vm.sh(f"python3 -c \"import sqlite3; print(sqlite3.connect('{backup.group(1)}/mlflow.db')"
+                 ".execute('PRAGMA integrity_check').fetchone()[0])\"").strip() == "ok"
+    back = read_back(vm, str(tmp_path))
+    assert back["steps"] == list(range(50)) and back["last"] == pytest.approx(1.0 / 50)
+    assert back["artifact"] == DATA["artifact"] and back["models"] == ["upgrade-model"] and back["runs"] == 5
+    bob = mlflow_client(f"""
+import json, mlflow
+mlflow.set_tracking_uri({vm.url!r})
+print(json.dumps({{"experiments": len(mlflow.search_experiments())}}))
+""", {"MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": str(DATA["bob"])})
+    assert int(bob["experiments"]) >= 1  # type: ignore[call-overload]
+    proc = cli("deploy", "--host", vm.name)  # migrated once: the next deploy neither migrates nor restarts
+    assert proc.returncode == 0 and "  schema " not in proc.stdout and "restarted" not in proc.stdout, proc.stdout
+
+
+def test_a_downgrade_is_refused_before_anything_stops(vm: VM) -> None:
+    pid = vm.main_pid()
+    proc = cli("deploy", "--host", vm.name, "--mlflow-version", OLD)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert f"mlflow_version {OLD} cannot serve this server's data: the tracking database is at schema" in out
+    assert f"revision {NEW_HEAD}, which MLflow {OLD} does not know (its head is {OLD_HEAD})" in out
+    assert "MLflow does not migrate a schema down." in out and f"({NEW} runs now)" in out
+    assert vm.main_pid() == pid and running_version(vm) == NEW
