@@ -42,8 +42,10 @@ molecule: images
 molecule-all: images
 	cd $(CURDIR) && molecule test --all
 
+# The JUnit file feeds scripts/test_times.py (time per module, for docs/testing.md).
 e2e: images
-	pytest -q --durations=25 tests/e2e
+	pytest -q --durations=25 --junitxml=.cache/e2e-junit.xml tests/e2e
+	-python scripts/test_times.py .cache/e2e-junit.xml
 
 # Prints each stage's time at the end; docs/testing.md records them.
 test:

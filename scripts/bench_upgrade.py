@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Benchmark an MLflow upgrade on a sandbox VM; prints numbers, it is not a test.
+
+Each run starts a sandbox, deploys MLflow 3.14.0 and fills it through the real client (not
+timed): --runs-per-seed runs of --metrics metric rows each (log_batch, 1,000 per call). Then:
+
+  failed-upgrade  `deploy --mlflow-version 3.17.2` with a setting only the new server rejects at
+                  start: the migration runs, the start fails, the backup is restored and 3.14.0
+                  starts again. Seconds of /health not answering 200 (polled every 50 ms from
+                  here) and the deploy's duration.
+  upgrade         the real upgrade: stop, backup, migrate, start, verify. Outage and duration.
+
+Medians over --runs are printed last; the sandbox upgrade-bench-<id> is removed after each run.
+  python scripts/bench_upgrade.py [--runs 3] [--metrics 100000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from bench_safe_change import CLI, ENV, cli, outage_during
+
+OLD, NEW = "3.14.0", "3.17.2"
+BROKEN = json.dumps({"mlflow_extra_env": {"MLFLOW_WORKERS": "many"},
+                     "mlflow_health_retries": 5, "mlflow_health_delay": 2})
+
+SEED = """
+import sys, time, mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri(sys.argv[1])
+client = MlflowClient()
+exp = client.create_experiment("bench-upgrade")
+total, runs = int(sys.argv[2]), int(sys.argv[3])
+now = int(time.time() * 1000)
+for r in range(runs):
+    run = client.create_run(exp)
+    for start in range(0, total // runs, 1000):
+        client.log_batch(run.info.run_id, metrics=[Metric("loss", 1.0 / (s + 1), now, s)
+                                                    for s in range(start, min(start + 1000, total // runs))])
+    client.set_terminated(run.info.run_id)
+"""
+
+
+def admin_env(name: str) -> dict[str, str]:
+    password = cli("user", "admin-password", "--host", name).stdout.strip()
+    return {**ENV, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+
+
+def one_run(args: argparse.Namespace, results: dict[str, list[float]]) -> None:
+    name = f"upgrade-bench-{uuid.uuid4().hex[:6]}"
+    try:
+        up = cli("sandbox", "up", "--name", name)
+        url = re.search(r"published at (http://127\.0\.0\.1:\d+)", up.stdout).group(1)  # type: ignore[union-attr]
+        proc = cli("deploy", "--host", name, "--mlflow-version", OLD)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+        python = str(Path(CLI).with_name("python"))
+        subprocess.run([python, "-c", SEED, url, str(args.metrics), str(args.runs_per_seed)],
+                       env=admin_env(name), check=True, capture_output=True, timeout=3600)
+        down, took, rc = outage_during(url, ["deploy", "--host", name, "--mlflow-version", NEW, "-e", BROKEN])
+        assert rc == 1, f"the failed upgrade exited {rc}"
+        results["failed_upgrade_outage_s"].append(down)
+        results["failed_upgrade_deploy_s"].append(took)
+        down2, took2, rc = outage_during(url, ["deploy", "--host", name, "--mlflow-version", NEW])
+        assert rc == 0, f"the upgrade exited {rc}"
+        results["upgrade_outage_s"].append(down2)
+        results["upgrade_deploy_s"].append(took2)
+        print(f"failed upgrade: outage {down:.1f} s (deploy {took:.1f} s); upgrade: outage {down2:.1f} s "
+              f"(deploy {took2:.1f} s); {args.metrics} metric rows")
+    finally:
+        cli("sandbox", "down", "--name", name)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--metrics", type=int, default=100_000)
+    parser.add_argument("--runs-per-seed", type=int, default=20)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results: dict[str, list[float]] = {"failed_upgrade_outage_s": [], "failed_upgrade_deploy_s": [],
+                                       "upgrade_outage_s": [], "upgrade_deploy_s": []}
+    for _ in range(args.runs):
+        one_run(args, results)
+    medians = {k: round(statistics.median(v), 1) for k, v in results.items() if v}
+    print(json.dumps(medians) if args.json else "medians: " + ", ".join(f"{k} {v}" for k, v in medians.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

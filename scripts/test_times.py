@@ -1,0 +1,37 @@
+"""Print where the end-to-end suite's time went, per module and slowest tests, from the JUnit
+XML that `make e2e` writes (.cache/e2e-junit.xml). Used for docs/testing.md.
+
+    python scripts/test_times.py [.cache/e2e-junit.xml]
+"""
+
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+
+def main() -> int:
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else ".cache/e2e-junit.xml")
+    cases = ET.parse(path).getroot().iter("testcase")  # noqa: S314 - our own pytest run wrote it
+    per_module: dict[str, float] = defaultdict(float)
+    count: dict[str, int] = defaultdict(int)
+    rows = []
+    for case in cases:
+        module = case.get("classname", "?").rsplit(".", 1)[-1]
+        seconds = float(case.get("time", 0))
+        per_module[module] += seconds
+        count[module] += 1
+        rows.append((seconds, f"{module}::{case.get('name')}"))
+    print("| module | tests | seconds |\n|---|---|---|")
+    for module, seconds in sorted(per_module.items(), key=lambda item: -item[1]):
+        print(f"| {module} | {count[module]} | {seconds:.0f} |")
+    print(f"| total | {sum(count.values())} | {sum(per_module.values()):.0f} |\n")
+    for seconds, name in sorted(rows, reverse=True)[:15]:
+        print(f"{seconds:7.1f} s  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
