@@ -29,7 +29,7 @@ from bench_safe_change import CLI, ENV, cli, outage_during
 
 OLD, NEW = "3.14.0", "3.17.2"
 BROKEN = json.dumps({"mlflow_extra_env": {"MLFLOW_WORKERS": "many"},
-                     "mlflow_health_retries": 5, "mlflow_health_delay": 2})
+                     "mlflow_health_retries": 7, "mlflow_health_delay": 2})
 
 SEED = """
 import sys, time, mlflow

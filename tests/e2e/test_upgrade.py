@@ -94,11 +94,13 @@ print(json.dumps({{"run_id": run.info.run_id, "artifact": hashlib.sha256(blob).h
 def test_an_upgrade_that_fails_after_its_migration_restores_the_backup(vm: VM, tmp_path: Path) -> None:
     # A value only the new server rejects at its start: the migration has run by then.
     broken = json.dumps({"mlflow_extra_env": {"MLFLOW_WORKERS": "many"},
-                         "mlflow_health_retries": 5, "mlflow_health_delay": 2})
+                         "mlflow_health_retries": 7, "mlflow_health_delay": 2})
+    # 14 s: long enough for a loaded machine's first failed start to print its error, shorter
+    # than systemd's five starts before it gives up (the other way verify ends).
     proc = cli("deploy", "--host", vm.name, "--mlflow-version", NEW, "-e", broken)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
-    assert f"mlflow.service did not answer http://127.0.0.1:5000/health within 10 s on {vm.name}." in out
+    assert f"mlflow.service did not answer http://127.0.0.1:5000/health within 14 s on {vm.name}." in out
     assert "The databases were restored from /var/backups/mlflow/pre-upgrade-" in out
     assert "and hold the same data as before the migration." in out
     assert "Rolled back: the previous configuration and venv serve again (/health OK)." in out
