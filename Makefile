@@ -1,5 +1,5 @@
 # make demo  : set up, start sandbox VM vm1, deploy MLflow to it, deep health check
-# make test  : set up, lint, unit tests, Molecule (Debian 12 + 13), end-to-end over SSH
+# make test  : set up, lint, unit tests, Molecule (postgresql_external), end-to-end over SSH
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -32,10 +32,11 @@ lint: setup
 unit: setup
 	pytest -q --durations=10 tests/unit
 
-# The scenarios whose ground the end-to-end tests do not cover: the role applied on its own on
-# Debian 12 and 13, and a separate database host. tls, s3, azure and postgresql (same ground as
-# tests/e2e/test_security.py, test_artifacts.py and test_postgresql.py) run with `make molecule-all`.
-MOLECULE_SCENARIOS ?= default postgresql_external
+# The scenario whose ground the end-to-end tests do not cover: the role applied on its own, on
+# Debian 13, with PostgreSQL on a separate host (idempotence included). default (Debian 12 + 13,
+# SQLite), tls, s3, azure and postgresql (same ground as tests/e2e through the CLI on Debian 12)
+# run with `make molecule-all`.
+MOLECULE_SCENARIOS ?= postgresql_external
 molecule: images
 	cd $(CURDIR) && for s in $(MOLECULE_SCENARIOS); do molecule test -s $$s || exit 1; done
 
