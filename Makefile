@@ -43,10 +43,10 @@ molecule: images
 molecule-all: images
 	cd $(CURDIR) && molecule test --all
 
-# The JUnit file feeds scripts/test_times.py (time per module, for docs/testing.md).
+# Two lanes at once (the shared-server modules, and the rest); E2E_LANES=1 for one session.
+# Prints each lane's output, the slowest tests and the time per module (docs/testing.md).
 e2e: images
-	pytest -q --durations=25 --junitxml=.cache/e2e-junit.xml tests/e2e
-	-python scripts/test_times.py .cache/e2e-junit.xml
+	bash scripts/e2e_lanes.sh $(E2E_ARGS)
 
 # Prints each stage's time at the end; docs/testing.md records them.
 test:

@@ -1,7 +1,7 @@
-"""Print where the end-to-end suite's time went, per module and slowest tests, from the JUnit
-XML that `make e2e` writes (.cache/e2e-junit.xml). Used for docs/testing.md.
+"""Print where the end-to-end suite's time went, per module (the sum of its tests, in whichever lane) and slowest tests, from the JUnit
+XML files that `make e2e` writes (one per lane: .cache/e2e-junit-*.xml). Used for docs/testing.md.
 
-    python scripts/test_times.py [.cache/e2e-junit.xml]
+    python scripts/test_times.py .cache/e2e-junit-*.xml
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 
 
 def main() -> int:
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else ".cache/e2e-junit.xml")
-    cases = ET.parse(path).getroot().iter("testcase")  # noqa: S314 - our own pytest run wrote it
+    paths = [Path(arg) for arg in sys.argv[1:]] or sorted(Path(".cache").glob("e2e-junit-*.xml"))
+    cases = [case for path in paths  # noqa: S314 - our own pytest runs wrote them
+             for case in ET.parse(path).getroot().iter("testcase")]
     per_module: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     rows = []

@@ -179,6 +179,10 @@ def state(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _journal(since: float) -> str:
+    # Only on a failure: let journald take in what the dying process wrote last (on a loaded
+    # host its error line can lag its first lines by a moment), then flush it.
+    time.sleep(1)
+    subprocess.run(["journalctl", "--sync"], capture_output=True, check=False)
     out = subprocess.run(["journalctl", "--unit", UNIT, "--since", f"@{int(since)}", "--lines", "40",
                           "--no-pager", "--output", "cat"], capture_output=True, text=True, check=False).stdout
     return out.strip()
