@@ -1,5 +1,6 @@
-"""Print where the end-to-end suite's time went, per module (the sum of its tests, in whichever lane) and slowest tests, from the JUnit
-XML files that `make e2e` writes (one per lane: .cache/e2e-junit-*.xml). Used for docs/testing.md.
+"""Print where the end-to-end suite's time went, per module (the sum of its tests, whichever
+lane ran it) and slowest tests, from the JUnit XML files that `make e2e` writes (one per lane:
+.cache/e2e-junit-*.xml). Used for docs/testing.md.
 
     python scripts/test_times.py .cache/e2e-junit-*.xml
 """
@@ -14,8 +15,8 @@ from pathlib import Path
 
 def main() -> int:
     paths = [Path(arg) for arg in sys.argv[1:]] or sorted(Path(".cache").glob("e2e-junit-*.xml"))
-    cases = [case for path in paths  # noqa: S314 - our own pytest runs wrote them
-             for case in ET.parse(path).getroot().iter("testcase")]
+    trees = [ET.parse(path) for path in paths]  # noqa: S314 - our own pytest runs wrote them
+    cases = [case for tree in trees for case in tree.getroot().iter("testcase")]
     per_module: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     rows = []
