@@ -83,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow switching an existing server to another backend store")
     _lock_option(deploy)
 
+    backup = sub.add_parser("backup", help="copy a server's databases and local artifacts into one archive here")
+    _target_options(backup)
+    backup.add_argument("--output", default=".", metavar="DIR",
+                        help="directory on this machine for the archive (default: the current one)")
+    _lock_option(backup)
+
+    restore = sub.add_parser("restore", help="deploy the archive's MLflow release and put its data in place")
+    restore.add_argument("--from", dest="source", required=True, metavar="ARCHIVE",
+                         help="an archive written by `mlops-provision backup`")
+    _server_options(restore)
+    _target_options(restore)
+    restore.add_argument("--force", dest="replace_data", action="store_true",
+                         help="replace a server that holds runs or registered models (they are backed up first)")
+    restore.set_defaults(force=False)
+    _lock_option(restore)
+
     render = sub.add_parser("render", help="write the unit and env file a deploy would install")
     _server_options(render)
     render.add_argument("--output-dir", metavar="DIR", help="write files here instead of printing them")

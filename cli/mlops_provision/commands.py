@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the real imports happen inside handlers, keeping --help fas
 def dispatch(args: argparse.Namespace) -> int:
     handler = {
         "deploy": deploy, "render": render, "health": health, "destroy": destroy, "sandbox": sandbox,
-        "user": user,
+        "user": user, "backup": backup, "restore": restore,
     }[args.command]
     return handler(args)
 
@@ -103,7 +103,8 @@ def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dic
     return result
 
 
-def deploy(args: argparse.Namespace) -> int:
+def deploy(args: argparse.Namespace, restore_from: tuple[Path, dict[str, Any]] | None = None) -> int:
+    """deploy, or restore (restore_from: the checked archive and its manifest)."""
     from mlops_provision import credentials, endpoints, locks, summary, targets
     from mlops_provision import health as health_mod
 
@@ -129,10 +130,21 @@ def deploy(args: argparse.Namespace) -> int:
         extravars["mlflow_force"] = True
     if args.allow_insecure_version or spec.config.get("allow_insecure_version"):
         extravars["mlflow_allow_insecure_version"] = True
+    carried: dict[str, str] = {}  # restore onto another host: the source's admin password
+    if restore_from is not None:
+        extravars["mlflow_restore_archive"] = str(restore_from[0])
+        extravars["mlflow_restore_force"] = bool(args.replace_data)
 
     def store_credentials(secrets_dir: Path) -> dict[str, str]:
         # With an inventory the credentials may live there (vaulted group_vars): not required here.
-        return credentials.resolve(spec.effective, os.environ, secrets_dir, required=not inventories)
+        found = credentials.resolve(spec.effective, os.environ, secrets_dir, required=not inventories)
+        if restore_from is not None and restore_from[1].get("auth"):
+            source = str(restore_from[1].get("host", ""))
+            known = endpoints.lookup(source)
+            password = known.password(secrets_dir) if known is not None and source not in hosts else None
+            if password:  # the restored user database knows the source's admin, not a new one
+                carried["password"] = found["mlflow_auth_admin_password"] = password
+        return found
 
     urls: dict[str, str] = {}
     reports: dict[str, health_mod.Report] = {}
@@ -149,6 +161,8 @@ def deploy(args: argparse.Namespace) -> int:
                        else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", "") if dep.tls else "")
             endpoint = endpoints.record(name, resolved.url(name, dep.port, dep.scheme),
                                         {"auth_user": dep.auth_user, "auth_realm": dep.auth_realm}, ca_file)
+            if carried and dep.restored:
+                endpoint.set_password(secrets_dir, carried["password"])
             urls[name] = endpoint.url
             access = health_mod.Access(endpoint.auth_user, endpoint.password(secrets_dir) or "", ca_file)
             reports[name] = health_mod.check(endpoint.url, timeout=5, access=access)
@@ -160,6 +174,48 @@ def deploy(args: argparse.Namespace) -> int:
         if name in resolved.sandboxes and host.deployment and host.deployment.port not in (5000, 443):
             sys.stderr.write(f"note: sandbox {name} publishes only ports 5000 and 443 of the VM\n")
     print(summary.deploy_summary(result, urls, reports, check_mode=args.check), flush=True)
+    if result.interrupted:
+        _to_stderr(summary.interrupted_message(result))
+    return _exit_code(result)
+
+
+def restore(args: argparse.Namespace) -> int:
+    from mlops_provision import archives
+
+    archive = Path(args.source).expanduser().resolve()
+    manifest = archives.check(archive)
+    release = str(manifest.get("mlflow_version", ""))
+    if args.mlflow_version and args.mlflow_version != release:
+        raise UsageError(f"--mlflow-version: the archive was written by MLflow {release}, which restore installs; "
+                         f"restore it first, then deploy --mlflow-version {args.mlflow_version} (that backs up "
+                         "and migrates the databases)")
+    args.mlflow_version = release
+    _to_stderr(f"restoring {archive.name}: {archives.describe(manifest)}; taken on {manifest.get('host')} "
+               f"at {manifest.get('created_at')}, MLflow {release}")
+    return deploy(args, (archive, manifest))
+
+
+def backup(args: argparse.Namespace) -> int:
+    from mlops_provision import archives, locks, summary, targets
+
+    locks.parse_wait(args.lock_wait)
+    output = Path(args.output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"--output: {args.output} is not a directory; valid: a directory on this machine "
+                         "(created when missing)")
+    resolved = targets.resolve(args.host, args.inventory)
+    output.mkdir(parents=True, exist_ok=True)
+    result = _run("backup", args, resolved, {"mlflow_backup_fetch_dir": str(output.resolve())}, [],
+                  locks.target_names(args.host, resolved.inventories))
+    for host in result.hosts.values():
+        fetched = str(host.backup.get("fetched", ""))
+        if fetched and not host.failed:  # the copy here is the one that counts: check it again
+            try:
+                archives.check(Path(fetched), "backup")
+            except UsageError as exc:
+                host.failed += 1
+                host.failures.append(str(exc))
+    print(summary.backup_summary(result), flush=True)
     if result.interrupted:
         _to_stderr(summary.interrupted_message(result))
     return _exit_code(result)

@@ -46,17 +46,19 @@ def _list(value: Any) -> list[str]:
     return []
 
 
-def _migration(value: Any) -> dict[str, tuple[str, str]]:
-    """{"tracking": [from, to], ...}; a rendered string of it when Ansible templated it to text."""
+def _dict(value: Any) -> dict[str, Any]:
+    """A dict fact, or the rendered string of one when Ansible templated it to text."""
     if isinstance(value, str) and value.strip().startswith("{"):
-        import ast
-
         try:
             value = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
             return {}
-    if not isinstance(value, dict):
-        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _migration(value: Any) -> dict[str, tuple[str, str]]:
+    """{"tracking": [from, to], ...}."""
+    value = _dict(value)
     return {str(name): (str(pair[0]), str(pair[1])) for name, pair in value.items()
             if isinstance(pair, (list, tuple)) and len(pair) == 2}
 
@@ -82,7 +84,8 @@ class Deployment:
     mlflow_version_running: str = ""
     plan: list[str] | None = None  # check mode: what a real run would do; None: the role said nothing
     migration: dict[str, tuple[str, str]] = field(default_factory=dict)  # database -> (from, to) revision
-    backup: str = ""  # on the host: the backup taken before the migration
+    backup: str = ""  # on the host: the backup taken before the migration (or the restore)
+    restored: dict[str, Any] = field(default_factory=dict)  # restore --from: what the archive held
 
     @classmethod
     def from_fact(cls, fact: dict[str, Any]) -> Deployment:
@@ -108,4 +111,5 @@ class Deployment:
             plan=_list(get("plan")) if "plan" in fact else None,
             migration=_migration(get("migration")),
             backup=_str(get("backup")).strip(),
+            restored=_dict(get("restored")),
         )

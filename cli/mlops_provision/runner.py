@@ -47,6 +47,7 @@ class HostResult:
     validation_failed: bool = False
     stopped_answering: bool = False  # SSH died mid-run: counted unreachable, not failed
     deployment: Deployment | None = None  # the role's mlflow_deployment fact, once verify ran
+    backup: dict[str, Any] = field(default_factory=dict)  # `backup`: the role's mlflow_backup fact
 
 
 @dataclass
@@ -319,3 +320,5 @@ def _collect(event: dict[str, Any], hosts: dict[str, HostResult]) -> None:
         facts = res.get("ansible_facts") or {}
         if isinstance(facts.get("mlflow_deployment"), dict):
             entry.deployment = Deployment.from_fact(facts["mlflow_deployment"])
+        if isinstance(facts.get("mlflow_backup"), dict):
+            entry.backup = facts["mlflow_backup"]

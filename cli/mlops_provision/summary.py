@@ -75,6 +75,7 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
                 *([f"  restarted  yes: {'; '.join(dep.restart_reasons) or 'reason not reported'}"]
                   if dep.restarted and not check_mode else []),
                 *_migration_lines(dep),
+                *_restore_lines(dep),
                 f"  backend    {dep.backend or '?'}",
                 f"  artifacts  {dep.artifacts or '?'}",
                 *_security_lines(name, dep),
@@ -107,6 +108,54 @@ def _migration_lines(dep: Deployment) -> list[str]:
         label = ""
     lines[-1] += f" (backup: {dep.backup})" if dep.backup else ""
     return lines
+
+
+def _restore_lines(dep: Deployment) -> list[str]:
+    """restore --from: what came back, and where the data it replaced went."""
+    if not dep.restored:
+        return []
+    from mlops_provision.archives import describe
+
+    got = dep.restored
+    lines = [f"  restored   {describe(got)}; taken on {got.get('host', '?')} at {got.get('created_at', '?')}"]
+    if dep.backup:
+        lines.append(f"             the databases it replaced: {dep.backup} (on the host)")
+    if got.get("replaced_artifacts"):
+        lines.append(f"             the artifacts it replaced: {got['replaced_artifacts']} (on the host)")
+    return lines
+
+
+def backup_summary(result: RunResult) -> str:
+    from mlops_provision.archives import describe
+
+    lines = []
+    for name in sorted(result.hosts):
+        h = result.hosts[name]
+        if h.unreachable or h.failed:
+            state = "UNREACHABLE" if h.unreachable else "FAILED"
+        elif result.interrupted:
+            state = INTERRUPTED
+        elif _ended_early(result) or not h.backup:
+            state = INCOMPLETE
+        else:
+            state = "backed up"
+        lines.append(_host_line(name, h, state, result))
+        lines += [f"  error      {f.strip()}" for f in h.failures[:3]]
+        if h.backup and not h.failed:
+            got = h.backup
+            revisions = ", ".join(f"{DATABASE_NAMES.get(kind, kind)} {db.get('revision')}"
+                                  for kind, db in got.get("databases", {}).items())
+            lines += [
+                f"  archive    {got.get('fetched')} ({int(got.get('size', 0)) / 1e6:.1f} MB, checksums checked here)",
+                f"  holds      {describe(got)}",
+                f"  MLflow     {got.get('mlflow_version')}; schema {revisions}",
+            ]
+            location = got.get("artifacts", {}).get("location", "")
+            if location and not got.get("artifacts", {}).get("copied"):
+                lines.append(f"  note       artifacts in {location} are not in the archive: back up that store itself")
+            lines.append(f"  restore    mlops-provision restore --host {name} --from {got.get('fetched')}")
+    lines.append(f"duration {result.duration:.1f} s; full log: {result.run_dir / 'ansible.log'}")
+    return "\n".join(lines)
 
 
 def _plan_lines(plan: list[str]) -> list[str]:

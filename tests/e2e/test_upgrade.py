@@ -102,7 +102,7 @@ def test_an_upgrade_that_fails_after_its_migration_restores_the_backup(vm: VM, t
     assert proc.returncode == 1, out
     assert f"mlflow.service did not answer http://127.0.0.1:5000/health within 14 s on {vm.name}." in out
     assert "The databases were restored from /var/backups/mlflow/pre-upgrade-" in out
-    assert "and hold the same data as before the migration." in out
+    assert "and hold the same data as before this deploy." in out
     assert "Rolled back: the previous configuration and venv serve again (/health OK)." in out
     assert "'many' is not a valid integer" in out  # the real cause, from the new server's journal
     # The old release serves the old schema and every row, run and artifact of before.

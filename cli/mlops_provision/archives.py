@@ -1,0 +1,59 @@
+"""Backup archives on the control node: check one against its manifest before it goes anywhere.
+
+The archive format belongs to the host-side script that writes and unpacks it
+(roles/mlflow_server/files/backup_archive.py); this module uses that script's own reader, so the
+two cannot drift.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from mlops_provision import paths
+from mlops_provision.errors import UsageError
+
+
+def _host_script() -> ModuleType:
+    files = paths.roles_dir() / "mlflow_server" / "files"
+    sys.path.insert(0, str(files))  # it imports db_schema from beside itself
+    try:
+        spec = importlib.util.spec_from_file_location("mlops_backup_archive", files / "backup_archive.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(files))
+
+
+def check(path: Path, flag: str = "--from") -> dict[str, Any]:
+    """The archive's manifest, once every member matched its SHA-256; bad input otherwise."""
+    if not path.is_file():
+        raise UsageError(f"{flag}: {path} is not a file; valid: a backup archive written by "
+                         "`mlops-provision backup`")
+    import tarfile
+
+    try:
+        return dict(_host_script().check(str(path)))
+    except (RuntimeError, tarfile.TarError, OSError, EOFError, KeyError, ValueError) as exc:
+        raise UsageError(f"{flag}: {path} fails its check: {exc}; nothing was changed") from None
+
+
+def describe(manifest: dict[str, Any]) -> str:
+    """One line: what the archive holds."""
+    tracking = manifest.get("databases", {}).get("tracking", {}).get("counts", {})
+    users = manifest.get("databases", {}).get("auth", {}).get("counts", {}).get("users")
+    artifacts = manifest.get("artifacts", {})
+    parts = [f"{tracking.get('experiments', 0)} experiments", f"{tracking.get('runs', 0)} runs",
+             f"{tracking.get('registered_models', 0)} registered models"]
+    if users is not None:
+        parts.append(f"{users} users")
+    if artifacts.get("copied"):
+        parts.append(f"{artifacts.get('files', 0)} artifact files ({artifacts.get('bytes', 0) / 1e6:.1f} MB)")
+    elif artifacts.get("location"):
+        parts.append(f"artifacts in {artifacts['location']} (not copied)")
+    return ", ".join(parts)

@@ -1,0 +1,342 @@
+"""Backup archives of an MLflow server: write one on the host, or put one back in place.
+
+    create --dest FILE --host NAME     the databases (consistent copies: db_schema.py's backup, so
+                                       the server keeps serving), the local artifacts, the unit and
+                                       the environment file with its secrets masked, and
+                                       manifest.json (last): MLflow version, revisions, row counts,
+                                       sizes and the SHA-256 of every other member
+    unpack --archive FILE --owner U    checks every member against the manifest while unpacking
+                                       it beside its destination, then puts the databases and the
+                                       artifacts where this host's configuration keeps them; a
+                                       failed check changes nothing
+    check  --archive FILE              the checks alone
+
+What the host runs comes from its environment file (the backend URI, with the PostgreSQL password
+that libpq reads from PGPASSWORD, set for this process only) and the basic-auth configuration that
+file names. Runs with the venv's Python next to db_schema.py. Prints one JSON object; exits 1 with
+{"ok": false, "error": ...} on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import db_schema
+
+FORMAT = "mlops-provision-backup"
+MASK = "********"
+SECRET_KEYS = ("PASSWORD", "SECRET", "TOKEN", "CREDENTIAL", "CONNECTION_STRING", "ACCESS_KEY")
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """KEY="value" lines as templates/mlflow.env.j2 writes them (\\ " $ ` backslash-escaped)."""
+    env = {}
+    for line in Path(path).read_text().splitlines():
+        match = re.match(r'^([A-Za-z_][A-Za-z0-9_]*)="(.*)"$', line)
+        if match:
+            env[match.group(1)] = re.sub(r"\\(.)", r"\1", match.group(2))
+    return env
+
+
+def _without_password(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, ""
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{parts.username}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc)), unquote(parts.password)
+
+
+def point_db_schema_at(env: dict[str, str]) -> dict[str, str]:
+    """Set MLFLOW_DB_URL, MLFLOW_AUTH_DB_URL and PGPASSWORD for db_schema from what the host runs."""
+    tracking, password = _without_password(env["MLFLOW_BACKEND_STORE_URI"])
+    auth = ""
+    auth_config = env.get("MLFLOW_AUTH_CONFIG_PATH", "")
+    if auth_config and Path(auth_config).is_file():
+        parser = configparser.ConfigParser()  # the way MLflow reads it: %% is a literal %
+        parser.read(auth_config)
+        auth, auth_password = _without_password(parser.get("mlflow", "database_uri", fallback=""))
+        password = password or auth_password
+    os.environ["MLFLOW_DB_URL"] = tracking
+    os.environ["MLFLOW_AUTH_DB_URL"] = auth
+    if password:
+        os.environ["PGPASSWORD"] = password
+    return {"tracking": tracking, "auth": auth}
+
+
+def local_artifacts(env: dict[str, str]) -> tuple[str, Path | None]:
+    """Where the artifacts are, and the directory when it is on this host."""
+    served = env.get("MLFLOW_SERVE_ARTIFACTS", "").lower() == "true"
+    location = env.get("MLFLOW_ARTIFACTS_DESTINATION" if served else "MLFLOW_DEFAULT_ARTIFACT_ROOT", "")
+    path = location[len("file://"):] if location.startswith("file://") else location
+    return location, (Path(path) if path.startswith("/") else None)
+
+
+def masked_env_text(env: dict[str, str]) -> str:
+    lines = []
+    for key, value in env.items():
+        if any(word in key.upper() for word in SECRET_KEYS):
+            value = MASK
+        elif "://" in value:
+            url, password = _without_password(value)
+            value = url.replace("@", f":{MASK}@", 1) if password else value
+        lines.append(f"{key}={json.dumps(value)}")
+    return "# The server's environment file at backup time, secrets masked: for reference, not restored.\n" + (
+        "\n".join(lines) + "\n")
+
+
+class _Hashing:
+    """A reader that hashes what tarfile copies from it."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle, self.digest = handle, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.digest.update(data)
+        return data
+
+
+def _add(tar: tarfile.TarFile, path: Path, name: str, files: dict[str, dict[str, Any]], mode: int | None) -> None:
+    info = tar.gettarinfo(str(path), name)
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    if mode is not None:
+        info.mode = mode
+    with path.open("rb") as handle:
+        reader = _Hashing(handle)
+        tar.addfile(info, reader)  # type: ignore[arg-type]
+    files[name] = {"size": info.size, "sha256": reader.digest.hexdigest()}
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, files: dict[str, dict[str, Any]] | None) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o600, int(datetime.datetime.now().timestamp())
+    tar.addfile(info, _Hashing(_BytesReader(data)))  # type: ignore[arg-type]
+    if files is not None:
+        files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.data) if size < 0 else self.pos + size
+        chunk, self.pos = self.data[self.pos:end], min(end, len(self.data))
+        return chunk
+
+
+def create(dest: str, host: str, env_file: str, unit: str) -> dict[str, Any]:
+    os.umask(0o077)  # the user database's password hashes: root only
+    env = read_env_file(env_file)
+    urls = point_db_schema_at(env)
+    target = Path(dest)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    location, artifacts_dir = local_artifacts(env)
+    files: dict[str, dict[str, Any]] = {}
+    artifacts = {"location": location, "copied": artifacts_dir is not None, "files": 0, "bytes": 0}
+    partial = target.with_name(target.name + ".partial")
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".db-") as tmp:
+        db = db_schema.backup(str(Path(tmp) / "db"))  # consistent copies while the server serves
+        with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+            for name in sorted(os.listdir(db["path"])):
+                _add(tar, Path(db["path"], name), f"db/{name}", files, 0o600)
+            if artifacts_dir is not None and artifacts_dir.is_dir():
+                for root, dirs, names in os.walk(artifacts_dir):
+                    dirs.sort()
+                    for name in sorted(names):
+                        path = Path(root, name)
+                        if path.is_symlink() or not path.is_file():
+                            continue  # MLflow writes plain files; anything else is not ours to copy
+                        arcname = "artifacts/" + path.relative_to(artifacts_dir).as_posix()
+                        _add(tar, path, arcname, files, None)
+                        artifacts["files"] += 1
+                        artifacts["bytes"] += files[arcname]["size"]
+            if Path(unit).is_file():
+                _add(tar, Path(unit), "config/mlflow.service", files, 0o600)
+            _add_bytes(tar, "config/mlflow.env", masked_env_text(env).encode(), files)
+            manifest = {
+                "format": FORMAT, "version": 1, "created_at": db["created_at"],
+                "host": host, "hostname": socket.gethostname(), "mlflow_version": db["mlflow_version"],
+                "backend": "postgresql" if db_schema.DUMP in db["files"] else "sqlite",
+                "auth": bool(urls["auth"]),
+                "databases": db["databases"], "artifacts": artifacts, "files": files,
+            }
+            _add_bytes(tar, "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode(), None)
+        db_schema._fsync(partial)
+    os.replace(partial, target)
+    size = target.stat().st_size
+    return {"ok": True, "path": str(target), "size": size, **{k: v for k, v in manifest.items() if k != "files"}}
+
+
+def _safe_name(name: str) -> bool:
+    parts = name.split("/")
+    return not name.startswith("/") and ".." not in parts and parts[0] in ("db", "artifacts", "config")
+
+
+def _read_manifest(tar: tarfile.TarFile) -> dict[str, Any]:
+    try:
+        member = tar.getmember("manifest.json")
+        handle = tar.extractfile(member)
+        manifest = json.loads(handle.read()) if handle else {}
+    except (KeyError, ValueError) as exc:
+        raise RuntimeError("not a backup archive of mlops-provision (no readable manifest.json)") from exc
+    if manifest.get("format") != FORMAT:
+        raise RuntimeError("not a backup archive of mlops-provision (unknown manifest format)")
+    return dict(manifest)
+
+
+def _unpack_to(archive: str, staging: dict[str, Path] | None) -> dict[str, Any]:
+    """Read every member once, checking its SHA-256 against the manifest; with staging, write the
+    db/ and artifacts/ members under staging["db"] and staging["artifacts"]."""
+    with tarfile.open(archive, "r:*") as tar:
+        manifest = _read_manifest(tar)
+        expected = dict(manifest["files"])
+        for member in tar:
+            if member.name == "manifest.json":
+                continue
+            if not member.isfile() or not _safe_name(member.name) or member.name not in expected:
+                raise RuntimeError(f"the archive holds {member.name!r}, which its manifest does not list")
+            part = expected.pop(member.name)
+            source = tar.extractfile(member)
+            assert source is not None
+            digest = hashlib.sha256()
+            top, _, rest = member.name.partition("/")
+            out: IO[bytes] | None = None
+            if staging is not None and top in staging:
+                path = staging[top] / rest
+                path.parent.mkdir(parents=True, exist_ok=True)
+                out = path.open("wb")
+            try:
+                while block := source.read(1 << 20):
+                    digest.update(block)
+                    if out is not None:
+                        out.write(block)
+            finally:
+                if out is not None:
+                    out.close()
+            if digest.hexdigest() != part["sha256"]:
+                raise RuntimeError(f"{member.name} in the archive does not match its SHA-256 in the manifest")
+        if expected:
+            raise RuntimeError(f"the archive lacks {', '.join(sorted(expected))}, which its manifest lists")
+    return manifest
+
+
+def check(archive: str) -> dict[str, Any]:
+    manifest = _unpack_to(archive, None)
+    return {"ok": True, **{k: v for k, v in manifest.items() if k != "files"}}
+
+
+def _chown_tree(root: Path, owner: str) -> None:
+    for dirpath, _, names in os.walk(root):
+        shutil.chown(dirpath, owner, owner)
+        os.chmod(dirpath, 0o750)  # noqa: S103 - the service user's group, as the deploy sets it
+        for name in names:
+            shutil.chown(Path(dirpath, name), owner, owner)
+            os.chmod(Path(dirpath, name), 0o640)
+
+
+def _fits_this_server(manifest: dict[str, Any], urls: dict[str, str], artifacts_dir: Path | None,
+                      env: dict[str, str]) -> None:
+    kind = "postgresql" if urls["tracking"].startswith("postgresql") else "sqlite"
+    if manifest["backend"] != kind:
+        raise RuntimeError(f"the archive holds a {manifest['backend']} database; this server uses {kind}: "
+                           "restore onto a server with the same backend")
+    if manifest["artifacts"]["copied"] and artifacts_dir is None:
+        raise RuntimeError("the archive holds local artifacts; this server keeps them in "
+                           f"{local_artifacts(env)[0]}: restore onto a server with local artifacts")
+
+
+def unpack(archive: str, owner: str, env_file: str, backup_dir: str) -> dict[str, Any]:
+    env = read_env_file(env_file)
+    urls = point_db_schema_at(env)
+    _, artifacts_dir = local_artifacts(env)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    Path(backup_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=backup_dir, prefix=".restore-") as tmp:
+        staging = {"db": Path(tmp) / "db"}
+        if artifacts_dir is not None:  # beside its destination: one rename puts it in place
+            artifacts_dir.parent.mkdir(parents=True, exist_ok=True)
+            staging["artifacts"] = artifacts_dir.with_name(f".{artifacts_dir.name}.restoring-{stamp}")
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                _fits_this_server(_read_manifest(tar), urls, artifacts_dir, env)
+            manifest = _unpack_to(archive, staging)
+            # The databases go where this host's configuration keeps them (the user database
+            # only when this server has basic auth on).
+            db_manifest = json.loads((staging["db"] / "manifest.json").read_text())
+            for name, part in list(db_manifest["files"].items()):
+                if not urls.get(part["kind"]):
+                    del db_manifest["files"][name]
+                    continue
+                path = db_schema._sqlite_path(urls[part["kind"]])
+                if path is not None:
+                    part["source"] = str(path)
+            (staging["db"] / "manifest.json").write_text(json.dumps(db_manifest))
+            restored = db_schema.restore(str(staging["db"]), owner)
+            replaced = ""
+            if artifacts_dir is not None:
+                incoming = staging["artifacts"]
+                incoming.mkdir(parents=True, exist_ok=True)
+                _chown_tree(incoming, owner)
+                if artifacts_dir.exists() and any(artifacts_dir.iterdir()):
+                    replaced = str(artifacts_dir.with_name(f"{artifacts_dir.name}.replaced-{stamp}"))
+                    os.replace(artifacts_dir, replaced)
+                elif artifacts_dir.exists():
+                    artifacts_dir.rmdir()
+                os.replace(incoming, artifacts_dir)
+        finally:
+            if "artifacts" in staging and staging["artifacts"].exists():
+                shutil.rmtree(staging["artifacts"])
+    return {"ok": True, "restored": restored["restored"], "databases": manifest["databases"],
+            "artifacts": manifest["artifacts"], "replaced_artifacts": replaced,
+            "mlflow_version": manifest["mlflow_version"], "created_at": manifest["created_at"],
+            "host": manifest["host"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env-file", default="/etc/mlflow/mlflow.env")
+    sub = parser.add_subparsers(dest="command", required=True)
+    create_parser = sub.add_parser("create")
+    create_parser.add_argument("--dest", required=True)
+    create_parser.add_argument("--host", required=True)
+    create_parser.add_argument("--unit", default="/etc/systemd/system/mlflow.service")
+    unpack_parser = sub.add_parser("unpack")
+    unpack_parser.add_argument("--archive", required=True)
+    unpack_parser.add_argument("--owner", required=True)
+    unpack_parser.add_argument("--backup-dir", required=True)
+    sub.add_parser("check").add_argument("--archive", required=True)
+    args = parser.parse_args()
+    try:
+        if args.command == "create":
+            result = create(args.dest, args.host, args.env_file, args.unit)
+        elif args.command == "unpack":
+            result = unpack(args.archive, args.owner, args.env_file, args.backup_dir)
+        else:
+            result = check(args.archive)
+    except Exception as exc:  # noqa: BLE001 - reported to the operator verbatim
+        json.dump({"ok": False, "error": db_schema._error_text(exc)}, sys.stdout)
+        return 1
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
