@@ -138,3 +138,67 @@ def places_where_secrets_must_not_be(vm: VM, cli_outputs: list[str]) -> dict[str
             places[f"run log {path.relative_to(runs)}"] = path.read_text(errors="replace")
     assert len(places) > 6, "no run log was read"
     return places
+
+
+# ---- real data written and read back with the real client (upgrade, backup and restore) -----
+
+WRITE_REAL_DATA = """
+import hashlib, json, os, tempfile, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri({url!r})
+mlflow.set_experiment({experiment!r})
+blob = os.urandom(512 * 1024)
+with tempfile.TemporaryDirectory() as d:
+    open(os.path.join(d, "blob.bin"), "wb").write(blob)
+    with mlflow.start_run() as run:
+        for step in range(50):
+            mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+        mlflow.log_param("alpha", "0.5")
+        mlflow.log_artifact(os.path.join(d, "blob.bin"), artifact_path="data")
+    for _ in range(4):
+        with mlflow.start_run():
+            mlflow.log_metric("loss", 0.5)
+MlflowClient().create_registered_model({experiment!r} + "-model")
+print(json.dumps({{"run_id": run.info.run_id, "artifact": hashlib.sha256(blob).hexdigest()}}))
+"""
+
+READ_REAL_DATA = """
+import hashlib, json, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri({url!r})
+client = MlflowClient()
+run = client.get_run({run_id!r})
+history = client.get_metric_history({run_id!r}, "loss")
+path = client.download_artifacts({run_id!r}, "data/blob.bin", {dst!r})
+print(json.dumps({{
+    "steps": sorted(m.step for m in history), "last": run.data.metrics["loss"],
+    "artifact": hashlib.sha256(open(path, "rb").read()).hexdigest(),
+    "models": [m.name for m in client.search_registered_models()],
+    "runs": len(client.search_runs([run.info.experiment_id])),
+}}))
+"""
+
+
+def write_real_data(vm: VM, experiment: str) -> dict[str, str]:
+    """Five runs (one with a 50-step metric, a param and a 512 KiB artifact), a registered model
+    named <experiment>-model, and a second user, bob: {run_id, artifact (SHA-256), bob (password)}."""
+    data = {k: str(v) for k, v in mlflow_client(WRITE_REAL_DATA.format(url=vm.url, experiment=experiment),
+                                                admin_env(vm)).items()}
+    proc = cli("user", "add", "--host", vm.name, "bob")
+    assert proc.returncode == 0, proc.stderr
+    data["bob"] = re.search(r"password \(shown once, not kept\): (\S+)", proc.stdout).group(1)  # type: ignore[union-attr]
+    return data
+
+
+def read_real_data(vm: VM, run_id: str, tmp: str) -> dict[str, object]:
+    return mlflow_client(READ_REAL_DATA.format(url=vm.url, run_id=run_id, dst=tmp), admin_env(vm))
+
+
+def experiments_seen_by(vm: VM, user: str, password: str) -> int:
+    """Logs in as user (an MLflow user the server knows) and counts the experiments it sees."""
+    seen = mlflow_client(f"""
+import json, mlflow
+mlflow.set_tracking_uri({vm.url!r})
+print(json.dumps({{"experiments": len(mlflow.search_experiments())}}))
+""", {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password})
+    return int(seen["experiments"])  # type: ignore[call-overload]

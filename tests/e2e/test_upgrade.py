@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import VM, admin_env, cli, mlflow_client
+from tests.e2e.conftest import VM, cli, experiments_seen_by, read_real_data, write_real_data
 
 pytestmark = pytest.mark.e2e
 
 OLD, NEW = "3.14.0", "3.17.2"
 OLD_HEAD, NEW_HEAD = "b7e4c1a90f23", "dc11669786a5"  # the tracking schema heads of OLD and NEW
-DATA: dict[str, object] = {}  # what test_old_release_with_real_data wrote, for the later reads
+DATA: dict[str, str] = {}  # what test_old_release_with_real_data wrote, for the later reads
 
 
 @pytest.fixture(scope="module")
@@ -40,55 +40,15 @@ def running_version(vm: VM) -> str:
                  " $venv/bin/python -c 'import importlib.metadata as m; print(m.version(\"mlflow\"))'").strip()
 
 
-READ_BACK = """
-import hashlib, json, mlflow
-from mlflow.tracking import MlflowClient
-mlflow.set_tracking_uri({url!r})
-client = MlflowClient()
-run = client.get_run({run_id!r})
-history = client.get_metric_history({run_id!r}, "loss")
-path = client.download_artifacts({run_id!r}, "data/blob.bin", {dst!r})
-print(json.dumps({{
-    "steps": sorted(m.step for m in history), "last": run.data.metrics["loss"],
-    "artifact": hashlib.sha256(open(path, "rb").read()).hexdigest(),
-    "models": [m.name for m in client.search_registered_models()],
-    "runs": len(client.search_runs([run.info.experiment_id])),
-}}))
-"""
-
-
 def read_back(vm: VM, tmp: str) -> dict[str, object]:
-    code = READ_BACK.format(url=vm.url, run_id=DATA["run_id"], dst=tmp)
-    return mlflow_client(code, admin_env(vm))
+    return read_real_data(vm, DATA["run_id"], tmp)
 
 
 def test_old_release_with_real_data(vm: VM) -> None:
     proc = cli("deploy", "--host", vm.name, "--mlflow-version", OLD)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert running_version(vm) == OLD and schema(vm) == OLD_HEAD
-    result = mlflow_client(f"""
-import hashlib, json, os, tempfile, mlflow
-from mlflow.tracking import MlflowClient
-mlflow.set_tracking_uri({vm.url!r})
-mlflow.set_experiment("upgrade")
-blob = os.urandom(512 * 1024)
-with tempfile.TemporaryDirectory() as d:
-    open(os.path.join(d, "blob.bin"), "wb").write(blob)
-    with mlflow.start_run() as run:
-        for step in range(50):
-            mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
-        mlflow.log_param("alpha", "0.5")
-        mlflow.log_artifact(os.path.join(d, "blob.bin"), artifact_path="data")
-    for _ in range(4):
-        with mlflow.start_run():
-            mlflow.log_metric("loss", 0.5)
-MlflowClient().create_registered_model("upgrade-model")
-print(json.dumps({{"run_id": run.info.run_id, "artifact": hashlib.sha256(blob).hexdigest()}}))
-""", admin_env(vm))
-    DATA.update(result)
-    proc = cli("user", "add", "--host", vm.name, "bob")
-    assert proc.returncode == 0, proc.stderr
-    DATA["bob"] = re.search(r"password \(shown once, not kept\): (\S+)", proc.stdout).group(1)  # type: ignore[union-attr]
+    DATA.update(write_real_data(vm, "upgrade"))
 
 
 def test_an_upgrade_that_fails_after_its_migration_restores_the_backup(vm: VM, tmp_path: Path) -> None:
@@ -130,12 +90,7 @@ def test_the_upgrade_migrates_once_with_a_backup_and_keeps_every_run(vm: VM, tmp
     back = read_back(vm, str(tmp_path))
     assert back["steps"] == list(range(50)) and back["last"] == pytest.approx(1.0 / 50)
     assert back["artifact"] == DATA["artifact"] and back["models"] == ["upgrade-model"] and back["runs"] == 5
-    bob = mlflow_client(f"""
-import json, mlflow
-mlflow.set_tracking_uri({vm.url!r})
-print(json.dumps({{"experiments": len(mlflow.search_experiments())}}))
-""", {"MLFLOW_TRACKING_USERNAME": "bob", "MLFLOW_TRACKING_PASSWORD": str(DATA["bob"])})
-    assert int(bob["experiments"]) >= 1  # type: ignore[call-overload]
+    assert experiments_seen_by(vm, "bob", DATA["bob"]) >= 1
     proc = cli("deploy", "--host", vm.name)  # migrated once: the next deploy neither migrates nor restarts
     assert proc.returncode == 0 and "  schema " not in proc.stdout and "restarted" not in proc.stdout, proc.stdout
 

@@ -1,0 +1,138 @@
+"""Backup and restore, on two sandboxes, in order: a server with real data (runs with a metric
+history, an artifact, a registered model, a second user) -> `backup` copies one archive here and
+checks it -> a damaged archive, and a restore over data without --force, are refused with nothing
+changed -> after an accident (the model deleted, the user removed) `restore --force` brings both
+back -> a fresh second host restored from the same archive serves the same data to the same users.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import (
+    VM,
+    admin_env,
+    cli,
+    experiments_seen_by,
+    mlflow_client,
+    read_real_data,
+    write_real_data,
+)
+
+pytestmark = pytest.mark.e2e
+
+DATA: dict[str, str] = {}  # what the first test wrote and where its archive is
+
+
+@pytest.fixture(scope="module")
+def vm() -> Iterator[VM]:
+    yield from VM.up("bak-e2e", "debian12")
+
+
+@pytest.fixture(scope="module")
+def fresh_vm() -> Iterator[VM]:
+    yield from VM.up("bak-e2e-2", "debian12")
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("archives")
+
+
+def _outgoing_on_host(vm: VM) -> list[str]:
+    return vm.sh("ls -d /var/tmp/mlops-provision-backup-* 2>/dev/null || true").split()
+
+
+def test_a_server_with_data_backs_up_to_one_checked_archive(vm: VM, archives: Path) -> None:
+    proc = cli("deploy", "--host", vm.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    DATA.update(write_real_data(vm, "backup"))
+    proc = cli("backup", "--host", vm.name, "--output", str(archives))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert f"{vm.name}: backed up" in out
+    found = re.search(r"  archive    (\S+/mlflow-backup-bak-e2e-\d{8}T\d{6}Z\.tar\.gz) \([\d.]+ MB, checksums "
+                      r"checked here\)", out)
+    assert found, out
+    DATA["archive"] = found.group(1)
+    assert "  holds      2 experiments, 5 runs, 1 registered models, 2 users, 1 artifact files (0.5 MB)" in out
+    assert f"  restore    mlops-provision restore --host {vm.name} --from {DATA['archive']}" in out
+    with tarfile.open(DATA["archive"]) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        env_text = tar.extractfile("config/mlflow.env").read().decode()  # type: ignore[union-attr]
+    assert manifest["databases"]["tracking"]["counts"]["runs"] == 5
+    assert manifest["databases"]["auth"]["counts"]["users"] == 2
+    assert (manifest["host"], manifest["mlflow_version"], manifest["backend"]) == (vm.name, "3.17.2", "sqlite")
+    assert [name for name in manifest["files"] if name.startswith("artifacts/")] == [
+        f"artifacts/1/{DATA['run_id']}/artifacts/data/blob.bin"]
+    # Secrets stay out: the env file's CSRF key is masked, the admin password is nowhere.
+    password = admin_env(vm)["MLFLOW_TRACKING_PASSWORD"]
+    secret_key = vm.sh("grep MLFLOW_FLASK_SERVER_SECRET_KEY /etc/mlflow/mlflow.env").split('"')[1]
+    assert 'MLFLOW_FLASK_SERVER_SECRET_KEY="********"' in env_text
+    assert password not in out and secret_key not in env_text
+    # Nothing is left on the host: the archive was written there once, fetched, removed.
+    assert _outgoing_on_host(vm) == []
+
+
+def test_a_damaged_archive_is_refused_with_nothing_changed(vm: VM, archives: Path) -> None:
+    pid = vm.main_pid()
+    damaged = archives / "damaged.tar.gz"
+    damaged.write_bytes(Path(DATA["archive"]).read_bytes()[:-4096])  # a copy cut short
+    proc = cli("restore", "--host", vm.name, "--from", str(damaged), "--force")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"error: --from: {damaged} fails its check: " in proc.stderr
+    assert "nothing was changed" in proc.stderr
+    assert vm.main_pid() == pid
+
+
+def test_a_restore_over_data_needs_force(vm: VM) -> None:
+    pid = vm.main_pid()
+    proc = cli("restore", "--host", vm.name, "--from", DATA["archive"])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert f"{vm.name} holds data (5 runs, 1 registered models) that the restore of " in out
+    assert "add --force to replace it" in out
+    assert vm.main_pid() == pid
+
+
+def test_restore_force_brings_back_what_an_accident_removed(vm: VM, tmp_path: Path) -> None:
+    mlflow_client(f"""
+import json, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri({vm.url!r})
+MlflowClient().delete_registered_model("backup-model")
+print(json.dumps({{}}))
+""", admin_env(vm))
+    assert cli("user", "remove", "--host", vm.name, "bob").returncode == 0
+    proc = cli("restore", "--host", vm.name, "--from", DATA["archive"], "--force")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert re.search(r"  restored   2 experiments, 5 runs, 1 registered models, 2 users, 1 artifact files "
+                     rf"\(0\.5 MB\); taken on {vm.name} at \S+", out), out
+    assert "             the databases it replaced: /var/backups/mlflow/pre-restore-" in out
+    assert "             the artifacts it replaced: /var/lib/mlflow/artifacts.replaced-" in out
+    back = read_real_data(vm, DATA["run_id"], str(tmp_path))
+    assert back["steps"] == list(range(50)) and back["artifact"] == DATA["artifact"]
+    assert back["models"] == ["backup-model"] and back["runs"] == 5
+    assert experiments_seen_by(vm, "bob", DATA["bob"]) >= 1
+
+
+def test_a_fresh_host_restored_from_the_archive_serves_the_same_data_and_users(fresh_vm: VM,
+                                                                              tmp_path: Path) -> None:
+    proc = cli("restore", "--host", fresh_vm.name, "--from", DATA["archive"])
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert f"{fresh_vm.name}: deployed" in out and "  health     OK" in out
+    back = read_real_data(fresh_vm, DATA["run_id"], str(tmp_path))
+    assert back["steps"] == list(range(50)) and back["artifact"] == DATA["artifact"]
+    assert back["models"] == ["backup-model"] and back["runs"] == 5
+    # The restored user database knows the first host's admin: this machine now keeps that
+    # password for the new host too, and bob logs in as before.
+    assert admin_env(fresh_vm) == admin_env(VM("bak-e2e", "debian12"))
+    assert experiments_seen_by(fresh_vm, "bob", DATA["bob"]) >= 1
