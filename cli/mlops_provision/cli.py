@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow switching an existing server to another backend store")
     _lock_option(deploy)
 
-    backup = sub.add_parser("backup", help="copy a server's databases and local artifacts into one archive here")
+    backup = sub.add_parser("backup", help="copy a server's databases and local artifacts into one archive here "
+                                           "(backup list: the scheduled backups on the host)")
+    backup.add_argument("what", nargs="?", choices=["list"], help="list: show the scheduled backups on the host")
     _target_options(backup)
     backup.add_argument("--output", default=".", metavar="DIR",
                         help="directory on this machine for the archive (default: the current one)")
@@ -91,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore = sub.add_parser("restore", help="deploy the archive's MLflow release and put its data in place")
     restore.add_argument("--from", dest="source", required=True, metavar="ARCHIVE",
-                         help="an archive written by `mlops-provision backup`")
+                         help="an archive written by `mlops-provision backup`, or @NAME: a scheduled backup "
+                              "on the host (`backup list`)")
     _server_options(restore)
     _target_options(restore)
     restore.add_argument("--force", dest="replace_data", action="store_true",

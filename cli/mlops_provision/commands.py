@@ -103,7 +103,7 @@ def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dic
     return result
 
 
-def deploy(args: argparse.Namespace, restore_from: tuple[Path, dict[str, Any]] | None = None) -> int:
+def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, Any]] | None = None) -> int:
     """deploy, or restore (restore_from: the checked archive and its manifest)."""
     from mlops_provision import credentials, endpoints, locks, summary, targets
     from mlops_provision import health as health_mod
@@ -182,23 +182,50 @@ def deploy(args: argparse.Namespace, restore_from: tuple[Path, dict[str, Any]] |
 def restore(args: argparse.Namespace) -> int:
     from mlops_provision import archives
 
-    archive = Path(args.source).expanduser().resolve()
-    manifest = archives.check(archive)
+    if args.source.startswith("@"):  # a scheduled backup on the host: its summary says what it holds
+        if len(args.host) != 1:
+            raise UsageError("--from @NAME: name exactly one --host, the one that keeps the backup")
+        name = args.source[1:]
+        if not re.match(r"^mlflow-backup-[A-Za-z0-9._-]+\.tar\.gz$", name):
+            raise UsageError(f"--from: {args.source!r} is not a scheduled backup's name; valid: @NAME with a "
+                             "NAME that `backup list` shows (mlflow-backup-HOST-TIME.tar.gz)")
+        listed = _backup_listing(args)
+        found = [a for host in listed.hosts.values() for a in host.backup.get("archives", []) if a.get("name") == name]
+        if not found:
+            raise UsageError(f"--from: {args.source} is not among the scheduled backups on {args.host[0]}; "
+                             f"see mlops-provision backup list --host {args.host[0]}")
+        archive: Path | str = args.source
+        manifest = found[0]
+    else:
+        archive = Path(args.source).expanduser().resolve()
+        manifest = archives.check(archive)
     release = str(manifest.get("mlflow_version", ""))
     if args.mlflow_version and args.mlflow_version != release:
         raise UsageError(f"--mlflow-version: the archive was written by MLflow {release}, which restore installs; "
                          f"restore it first, then deploy --mlflow-version {args.mlflow_version} (that backs up "
                          "and migrates the databases)")
     args.mlflow_version = release
-    _to_stderr(f"restoring {archive.name}: {archives.describe(manifest)}; taken on {manifest.get('host')} "
-               f"at {manifest.get('created_at')}, MLflow {release}")
+    _to_stderr(f"restoring {Path(str(archive)).name}: {archives.describe(manifest)}; taken on "
+               f"{manifest.get('host')} at {manifest.get('created_at')}, MLflow {release}")
     return deploy(args, (archive, manifest))
+
+
+def _backup_listing(args: argparse.Namespace) -> RunResult:
+    from mlops_provision import locks, targets
+
+    resolved = targets.resolve(args.host, args.inventory)
+    # Reads only: no lock wait. The names still hold this machine's per-host lock briefly.
+    return _run("backup_list", args, resolved, {}, [], locks.target_names(args.host, resolved.inventories))
 
 
 def backup(args: argparse.Namespace) -> int:
     from mlops_provision import archives, locks, summary, targets
 
     locks.parse_wait(args.lock_wait)
+    if args.what == "list":
+        listed = _backup_listing(args)
+        print(summary.backup_list_summary(listed), flush=True)
+        return _exit_code(listed)
     output = Path(args.output).expanduser()
     if output.exists() and not output.is_dir():
         raise UsageError(f"--output: {args.output} is not a directory; valid: a directory on this machine "

@@ -121,6 +121,22 @@ def check_workers(label: str, value: int, values: Mapping[str, Any]) -> None:
         raise UsageError(f"{label}: {value} workers is out of range; valid: 1-64")
 
 
+# systemd calendar expressions: words, digits, and * , - : / . ~ and spaces ("Mon..Fri *-*-* 02:30",
+# "daily", "*-*-* 00/6:00:00"); the host's `systemd-analyze calendar` checks the meaning.
+_CALENDAR = re.compile(r"^[A-Za-z0-9*,:/.~ -]{1,120}$")
+
+
+def check_calendar(label: str, value: str, values: Mapping[str, Any]) -> None:
+    if value and not _CALENDAR.match(value):
+        raise UsageError(f"{label}: {value!r} is not a systemd calendar expression; valid: e.g. daily, "
+                         "'*-*-* 02:30:00', 'Mon..Fri 23:00' (man systemd.time), or empty for no scheduled backups")
+
+
+def check_backup_keep(label: str, value: int, values: Mapping[str, Any]) -> None:
+    if not 1 <= value <= 1000:
+        raise UsageError(f"{label}: {value} is out of range; valid: 1-1000 archives")
+
+
 def check_address(label: str, value: str, values: Mapping[str, Any]) -> None:
     try:
         ipaddress.ip_address(value)
@@ -243,6 +259,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("pip-index-url", "mlflow_pip_index_url", "str", "index for --install-method index", check_index_url),
     Option("pip-ca-bundle", "mlflow_pip_ca_bundle", "str", "CA bundle path on the host", check_abs_path),
     Option("pip-proxy", "mlflow_pip_proxy", "str", "HTTP(S) proxy for pip on the host", check_index_url),
+    Option("backup-schedule", "mlflow_backup_schedule", "str",
+           "back up on the host by a systemd timer, e.g. daily or '*-*-* 02:30:00' (default: off)", check_calendar),
+    Option("backup-keep", "mlflow_backup_keep", "int", "scheduled backups kept on the host (default 7)",
+           check_backup_keep),
 )
 
 

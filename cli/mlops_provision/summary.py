@@ -158,6 +158,28 @@ def backup_summary(result: RunResult) -> str:
     return "\n".join(lines)
 
 
+def backup_list_summary(result: RunResult) -> str:
+    lines = []
+    for name in sorted(result.hosts):
+        h = result.hosts[name]
+        if h.unreachable or h.failed:
+            lines.append(_host_line(name, h, "UNREACHABLE" if h.unreachable else "FAILED", result))
+            lines += [f"  error      {f.strip()}" for f in h.failures[:3]]
+            continue
+        found = h.backup.get("archives", [])
+        schedule = h.backup.get("schedule") or "none (deploy --backup-schedule CALENDAR sets one)"
+        lines.append(f"{name}: {len(found)} scheduled backups in {h.backup.get('dir', '?')}; schedule: {schedule}")
+        if found:
+            lines.append(f"  {'NAME':<50} {'SIZE':>9}  {'MLFLOW':<8} {'RUNS':>6}  TAKEN")
+        for got in found:
+            runs = got.get("databases", {}).get("tracking", {}).get("counts", {}).get("runs", "?")
+            lines.append(f"  {got.get('name', '?'):<50} {int(got.get('size', 0)) / 1e6:>6.1f} MB  "
+                         f"{got.get('mlflow_version', '?'):<8} {runs:>6}  {got.get('created_at', '?')}")
+        if found:
+            lines.append(f"  restore    mlops-provision restore --host {name} --from @{found[0].get('name')}")
+    return "\n".join(lines)
+
+
 def _plan_lines(plan: list[str]) -> list[str]:
     """--check: what a real deploy would do on the host, one line each."""
     if not plan:

@@ -45,6 +45,27 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("archives")
 
 
+def _delete_the_model(vm: VM) -> None:
+    """An accident: the registered model is deleted (its rows are gone, not marked)."""
+    mlflow_client(f"""
+import json, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri({vm.url!r})
+MlflowClient().delete_registered_model("backup-model")
+print(json.dumps({{}}))
+""", admin_env(vm))
+    assert _models(vm) == []
+
+
+def _models(vm: VM) -> list[str]:
+    return list(mlflow_client(f"""
+import json, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri({vm.url!r})
+print(json.dumps({{"models": [m.name for m in MlflowClient().search_registered_models()]}}))
+""", admin_env(vm))["models"])  # type: ignore[call-overload]
+
+
 def _outgoing_on_host(vm: VM) -> list[str]:
     return vm.sh("ls -d /var/tmp/mlops-provision-backup-* 2>/dev/null || true").split()
 
@@ -102,13 +123,7 @@ def test_a_restore_over_data_needs_force(vm: VM) -> None:
 
 
 def test_restore_force_brings_back_what_an_accident_removed(vm: VM, tmp_path: Path) -> None:
-    mlflow_client(f"""
-import json, mlflow
-from mlflow.tracking import MlflowClient
-mlflow.set_tracking_uri({vm.url!r})
-MlflowClient().delete_registered_model("backup-model")
-print(json.dumps({{}}))
-""", admin_env(vm))
+    _delete_the_model(vm)
     assert cli("user", "remove", "--host", vm.name, "bob").returncode == 0
     proc = cli("restore", "--host", vm.name, "--from", DATA["archive"], "--force")
     out = proc.stdout + proc.stderr
@@ -136,3 +151,32 @@ def test_a_fresh_host_restored_from_the_archive_serves_the_same_data_and_users(f
     # password for the new host too, and bob logs in as before.
     assert admin_env(fresh_vm) == admin_env(VM("bak-e2e", "debian12"))
     assert experiments_seen_by(fresh_vm, "bob", DATA["bob"]) >= 1
+
+
+def test_scheduled_backups_keep_the_last_n_and_restore_from_the_host(vm: VM) -> None:
+    pid = vm.main_pid()
+    proc = cli("deploy", "--host", vm.name, "--backup-schedule", "daily", "--backup-keep", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "restarted" not in proc.stdout and vm.main_pid() == pid  # a timer needs no server restart
+    assert vm.sh("systemctl is-enabled mlflow-backup.timer").strip() == "enabled"
+    assert "OnCalendar=*-*-* 00:00:00" in vm.sh("systemctl show -p TimersCalendar --value mlflow-backup.timer")
+    for _ in range(3):  # what the timer starts, three times (names differ by the second)
+        vm.sh("sleep 1; systemctl start mlflow-backup.service")
+    proc = cli("backup", "list", "--host", vm.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{vm.name}: 2 scheduled backups in /var/backups/mlflow/scheduled; schedule: " in proc.stdout
+    names = re.findall(r"^  (mlflow-backup-bak-e2e-\d{8}T\d{6}Z\.tar\.gz) +[\d.]+ MB  3\.17\.2 +5  ", proc.stdout,
+                       re.MULTILINE)
+    assert len(names) == 2 and names == sorted(names, reverse=True), proc.stdout
+    assert vm.sh("stat -c '%a %U' /var/backups/mlflow/scheduled").strip() == "700 root"
+    # An accident, and the way back from the newest scheduled backup, without the control node's copy.
+    _delete_the_model(vm)
+    proc = cli("restore", "--host", vm.name, "--from", f"@{names[0]}", "--force", "--backup-schedule", "daily",
+               "--backup-keep", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _models(vm) == ["backup-model"]
+    # No schedule: the timer goes, the archives stay.
+    proc = cli("deploy", "--host", vm.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert vm.sh("systemctl list-unit-files mlflow-backup.timer --no-legend", check=False).strip() == ""
+    assert len(vm.sh("ls /var/backups/mlflow/scheduled/*.tar.gz").split()) == 2

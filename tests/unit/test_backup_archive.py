@@ -175,3 +175,25 @@ def test_unpack_refuses_another_backend(archive: Path, site: Path, tmp_path: Pat
     assert out["error"] == ("the archive holds a sqlite database; this server uses postgresql: "
                             "restore onto a server with the same backend")
     assert not (target / "data" / "artifacts").exists()
+
+
+def test_scheduled_backups_keep_the_newest_and_list_them(tmp_path: Path, site: Path) -> None:
+    source = _server(tmp_path, "source")
+    _database(source / "data" / "mlflow.db", "alembic_version", "ccc333", {"runs": 3})
+    folder = tmp_path / "scheduled"
+    folder.mkdir()
+    for stamp in ("20260101T000000Z", "20260102T000000Z"):  # two older ones, written earlier
+        (folder / f"mlflow-backup-vm-a-{stamp}.tar.gz").write_bytes(b"old")
+        (folder / f"mlflow-backup-vm-a-{stamp}.tar.gz.json").write_text("{}")
+    (folder / "unrelated.tar.gz").write_bytes(b"not ours")
+    out = _run(site, source, "scheduled", "--dir", str(folder), "--keep", "2", "--host", "vm-a",
+               "--unit", "/nonexistent")
+    assert out["removed"] == ["mlflow-backup-vm-a-20260101T000000Z.tar.gz"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([
+        "mlflow-backup-vm-a-20260102T000000Z.tar.gz", "mlflow-backup-vm-a-20260102T000000Z.tar.gz.json",
+        Path(out["path"]).name, Path(out["path"]).name + ".json", "unrelated.tar.gz"])
+    listed = _run(site, source, "list", "--dir", str(folder))["archives"]
+    assert [a["name"] for a in listed] == [Path(out["path"]).name, "mlflow-backup-vm-a-20260102T000000Z.tar.gz"]
+    assert listed[0]["databases"]["tracking"]["counts"] == {"runs": 3}
+    assert listed[0]["size"] == Path(out["path"]).stat().st_size
+    assert _run(site, source, "check", "--archive", out["path"])["ok"]

@@ -10,6 +10,11 @@
                                        artifacts where this host's configuration keeps them; a
                                        failed check changes nothing
     check  --archive FILE              the checks alone
+    scheduled --dir D --keep N --host NAME
+                                       create D/mlflow-backup-NAME-<UTC time>.tar.gz with a JSON
+                                       summary beside it, then remove all but the newest N
+                                       (mlflow-backup.timer runs this)
+    list   --dir D                     the summaries of the archives in D, newest first
 
 What the host runs comes from its environment file (the backend URI, with the PostgreSQL password
 that libpq reads from PGPASSWORD, set for this process only) and the basic-auth configuration that
@@ -185,6 +190,35 @@ def create(dest: str, host: str, env_file: str, unit: str) -> dict[str, Any]:
     return {"ok": True, "path": str(target), "size": size, **{k: v for k, v in manifest.items() if k != "files"}}
 
 
+def _stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def scheduled(directory: str, keep: int, host: str, env_file: str, unit: str) -> dict[str, Any]:
+    folder = Path(directory)
+    result = create(str(folder / f"mlflow-backup-{host}-{_stamp()}.tar.gz"), host, env_file, unit)
+    Path(result["path"] + ".json").write_text(json.dumps(result, indent=2) + "\n")
+    archives = sorted(folder.glob(f"mlflow-backup-{host}-*.tar.gz"))
+    removed = []
+    for old in archives[:-keep] if keep > 0 else []:
+        old.unlink()
+        Path(str(old) + ".json").unlink(missing_ok=True)
+        removed.append(old.name)
+    return {**result, "removed": removed}
+
+
+def listing(directory: str) -> dict[str, Any]:
+    found = []
+    for archive in sorted(Path(directory).glob("mlflow-backup-*.tar.gz"), reverse=True):
+        sidecar = Path(str(archive) + ".json")
+        try:
+            summary = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            summary = {"error": "no readable summary beside it"}
+        found.append({**summary, "name": archive.name, "path": str(archive), "size": archive.stat().st_size})
+    return {"ok": True, "dir": directory, "archives": found}
+
+
 def _safe_name(name: str) -> bool:
     parts = name.split("/")
     return not name.startswith("/") and ".." not in parts and parts[0] in ("db", "artifacts", "config")
@@ -267,7 +301,7 @@ def unpack(archive: str, owner: str, env_file: str, backup_dir: str) -> dict[str
     env = read_env_file(env_file)
     urls = point_db_schema_at(env)
     _, artifacts_dir = local_artifacts(env)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = _stamp()
     Path(backup_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=backup_dir, prefix=".restore-") as tmp:
         staging = {"db": Path(tmp) / "db"}
@@ -323,12 +357,22 @@ def main() -> int:
     unpack_parser.add_argument("--owner", required=True)
     unpack_parser.add_argument("--backup-dir", required=True)
     sub.add_parser("check").add_argument("--archive", required=True)
+    scheduled_parser = sub.add_parser("scheduled")
+    scheduled_parser.add_argument("--dir", required=True)
+    scheduled_parser.add_argument("--keep", type=int, required=True)
+    scheduled_parser.add_argument("--host", required=True)
+    scheduled_parser.add_argument("--unit", default="/etc/systemd/system/mlflow.service")
+    sub.add_parser("list").add_argument("--dir", required=True)
     args = parser.parse_args()
     try:
         if args.command == "create":
             result = create(args.dest, args.host, args.env_file, args.unit)
         elif args.command == "unpack":
             result = unpack(args.archive, args.owner, args.env_file, args.backup_dir)
+        elif args.command == "scheduled":
+            result = scheduled(args.dir, args.keep, args.host, args.env_file, args.unit)
+        elif args.command == "list":
+            result = listing(args.dir)
         else:
             result = check(args.archive)
     except Exception as exc:  # noqa: BLE001 - reported to the operator verbatim
