@@ -7,9 +7,11 @@ The tests run in order against one sandbox and build on each other.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,6 +76,38 @@ print(json.dumps({{"run_id": run.info.run_id, "version": got.version, "metrics":
            "(SELECT count(*) FROM metrics WHERE run_uuid = '{0}' AND key = 'loss') || ' ' || "
            "(SELECT count(*) FROM model_versions WHERE name = 'pg-model')").format(result["run_id"])
     assert vm.sh(f'runuser -u postgres -- psql -d mlflow -tAc "{sql}"').strip() == "1 1 1"
+
+
+def _model_versions(vm: VM) -> str:
+    return vm.sh("runuser -u postgres -- psql -d mlflow -tAc "
+                 "\"SELECT count(*) FROM model_versions WHERE name = 'pg-model'\"").strip()
+
+
+def test_backup_and_restore_force_of_a_postgresql_server(vm: VM, tmp_path: Path) -> None:
+    proc = cli("backup", "--host", vm.name, "--output", str(tmp_path))
+    OUTPUTS.append(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    archive = re.search(r"  archive    (\S+\.tar\.gz) ", proc.stdout).group(1)  # type: ignore[union-attr]
+    with tarfile.open(archive) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+    assert manifest["backend"] == "postgresql" and "db/mlflow.pgdump" in manifest["files"]
+    assert manifest["databases"]["tracking"]["counts"]["model_versions"] == 1
+    assert manifest["databases"]["auth"]["counts"]["users"] == 1
+    # An accident: the model and its version are deleted; restore --force brings both back.
+    mlflow_client(f"""
+import json, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri({vm.url!r})
+MlflowClient().delete_registered_model("pg-model")
+print(json.dumps({{}}))
+""", admin_env(vm))
+    assert _model_versions(vm) == "0"
+    proc = cli("restore", "--host", vm.name, "--from", archive, "--force", "--backend", "postgresql")
+    OUTPUTS.append(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "  restored   2 experiments, 1 runs, 1 registered models, 1 users;" in proc.stdout
+    assert "             the databases it replaced: /var/backups/mlflow/pre-restore-" in proc.stdout
+    assert _model_versions(vm) == "1"
 
 
 def test_redeploy_changes_nothing(vm: VM) -> None:
