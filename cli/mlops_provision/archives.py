@@ -39,8 +39,11 @@ def check(path: Path, flag: str = "--from") -> dict[str, Any]:
 
     try:
         return dict(_host_script().check(str(path)))
-    except (RuntimeError, tarfile.TarError, OSError, EOFError, KeyError, ValueError) as exc:
-        raise UsageError(f"{flag}: {path} fails its check: {exc}; nothing was changed") from None
+    except (tarfile.ReadError, EOFError):  # not gzip, or cut short
+        reason = "it is not a complete .tar.gz archive"
+    except (RuntimeError, tarfile.TarError, OSError, KeyError, ValueError) as exc:
+        reason = str(exc)
+    raise UsageError(f"{flag}: {path} fails its check: {reason}; nothing was changed")
 
 
 def describe(manifest: dict[str, Any]) -> str:
