@@ -125,20 +125,24 @@ def _restore_lines(dep: Deployment) -> list[str]:
     return lines
 
 
+def _ended_state(h: HostResult, result: RunResult, done: str, finished: bool = True) -> str:
+    """A host's state word for a run that is not a deploy: done only for a run that finished."""
+    if h.unreachable or h.failed:
+        return "UNREACHABLE" if h.unreachable else "FAILED"
+    if result.interrupted:
+        return INTERRUPTED
+    if _ended_early(result) or not finished:
+        return INCOMPLETE
+    return done
+
+
 def backup_summary(result: RunResult) -> str:
     from mlops_provision.archives import describe
 
     lines = []
     for name in sorted(result.hosts):
         h = result.hosts[name]
-        if h.unreachable or h.failed:
-            state = "UNREACHABLE" if h.unreachable else "FAILED"
-        elif result.interrupted:
-            state = INTERRUPTED
-        elif _ended_early(result) or not h.backup:
-            state = INCOMPLETE
-        else:
-            state = "backed up"
+        state = _ended_state(h, result, "backed up", finished=bool(h.backup))
         lines.append(_host_line(name, h, state, result))
         lines += [f"  error      {f.strip()}" for f in h.failures[:3]]
         if h.backup and not h.failed:
@@ -218,14 +222,8 @@ def destroy_summary(result: RunResult, purge: bool) -> str:
     lines = []
     for name in sorted(result.hosts):
         h = result.hosts[name]
-        if h.unreachable or h.failed:
-            state = "UNREACHABLE" if h.unreachable else "FAILED"
-        elif result.interrupted:
-            state = INTERRUPTED
-        elif _ended_early(result):
-            state = INCOMPLETE
-        else:
-            state = "removed" + ("" if purge else " (data in /var/lib/mlflow kept; --purge-data removes it)")
+        state = _ended_state(h, result, "removed" + ("" if purge else
+                                                     " (data in /var/lib/mlflow kept; --purge-data removes it)"))
         lines.append(_host_line(name, h, state, result))
         lines += [f"  error      {f.strip()}" for f in h.failures[:3]]
     lines.append(f"duration {result.duration:.1f} s; full log: {result.run_dir / 'ansible.log'}")

@@ -140,3 +140,59 @@ def test_a_lost_host_exits_3() -> None:
     assert _exit_code(result) == 3
     assert 'vm1: UNREACHABLE  [ok=9 changed=0 failed=0 unreachable=1]\n  error      vm1 stopped answering' in \
         _deploy(result)
+
+
+BACKUP = {"ok": True, "fetched": "/backups/mlflow-backup-vm1-20261201T043000Z.tar.gz", "size": 2_500_000,
+          "host": "vm1", "created_at": "2026-12-01T04:30:00+00:00", "mlflow_version": "3.17.2",
+          "databases": {"tracking": {"revision": "dc11669786a5",
+                                     "counts": {"experiments": 2, "runs": 5, "registered_models": 1}},
+                        "auth": {"revision": "f1a2b3c4d5e6", "counts": {"users": 2}}},
+          "artifacts": {"location": "/var/lib/mlflow/artifacts", "copied": True, "files": 3, "bytes": 1_500_000}}
+
+
+def test_a_backup_names_the_archive_what_it_holds_and_the_restore_command() -> None:
+    text = summary.backup_summary(_result(HostResult("vm1", ok=9, changed=2, backup=BACKUP)))
+    assert text.splitlines()[:5] == [
+        "vm1: backed up  [ok=9 changed=2 failed=0 unreachable=0]",
+        "  archive    /backups/mlflow-backup-vm1-20261201T043000Z.tar.gz (2.5 MB, checksums checked here)",
+        "  holds      2 experiments, 5 runs, 1 registered models, 2 users, 3 artifact files (1.5 MB)",
+        "  MLflow     3.17.2; schema tracking dc11669786a5, users f1a2b3c4d5e6",
+        "  restore    mlops-provision restore --host vm1 --from /backups/mlflow-backup-vm1-20261201T043000Z.tar.gz",
+    ]
+
+
+def test_a_backup_of_remote_artifacts_says_they_are_not_in_it() -> None:
+    remote = {**BACKUP, "artifacts": {"location": "s3://bucket/mlflow", "copied": False, "files": 0, "bytes": 0}}
+    text = summary.backup_summary(_result(HostResult("vm1", ok=9, changed=2, backup=remote)))
+    assert "  holds      2 experiments, 5 runs, 1 registered models, 2 users, artifacts in s3://bucket/mlflow " \
+           "(not copied)" in text
+    assert "  note       artifacts in s3://bucket/mlflow are not in the archive: back up that store itself" in text
+
+
+def test_a_backup_run_that_ended_without_an_archive_is_incomplete() -> None:
+    text = summary.backup_summary(_result(HostResult("vm1", ok=3, changed=0)))
+    assert text.startswith(f"vm1: {summary.INCOMPLETE}")
+
+
+def test_a_restore_says_what_came_back_and_where_the_replaced_data_went() -> None:
+    restored = {**BACKUP, "replaced_artifacts": "/var/lib/mlflow/artifacts.replaced-20261201T050000Z"}
+    text = _deploy(_result(_host(restored=restored, backup="/var/backups/mlflow/pre-restore-20261201T050000Z")))
+    assert ("  restored   2 experiments, 5 runs, 1 registered models, 2 users, 3 artifact files (1.5 MB); "
+            "taken on vm1 at 2026-12-01T04:30:00+00:00") in text
+    assert ("             the databases it replaced: /var/backups/mlflow/pre-restore-20261201T050000Z "
+            "(on the host)") in text
+    assert ("             the artifacts it replaced: /var/lib/mlflow/artifacts.replaced-20261201T050000Z "
+            "(on the host)") in text
+
+
+def test_the_list_of_scheduled_backups_is_a_table_newest_first() -> None:
+    listing = {"dir": "/var/backups/mlflow/scheduled", "schedule": "{ OnCalendar=*-*-* 00:00:00 ; next_elapse=... }",
+               "archives": [{**BACKUP, "name": "mlflow-backup-vm1-20261201T000000Z.tar.gz"},
+                            {**BACKUP, "name": "mlflow-backup-vm1-20261130T000000Z.tar.gz", "size": 1_000_000}]}
+    lines = summary.backup_list_summary(_result(HostResult("vm1", ok=3, backup=listing))).splitlines()
+    assert lines[0] == ("vm1: 2 scheduled backups in /var/backups/mlflow/scheduled; "
+                        "schedule: { OnCalendar=*-*-* 00:00:00 ; next_elapse=... }")
+    assert lines[2].split() == ["mlflow-backup-vm1-20261201T000000Z.tar.gz", "2.5", "MB", "3.17.2", "5",
+                                "2026-12-01T04:30:00+00:00"]
+    assert lines[-1] == ("  restore    mlops-provision restore --host vm1 "
+                         "--from @mlflow-backup-vm1-20261201T000000Z.tar.gz")
