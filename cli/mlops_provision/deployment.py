@@ -86,6 +86,7 @@ class Deployment:
     migration: dict[str, tuple[str, str]] = field(default_factory=dict)  # database -> (from, to) revision
     backup: str = ""  # on the host: the backup taken before the migration (or the restore)
     restored: dict[str, Any] = field(default_factory=dict)  # restore --from: what the archive held
+    recovered: str = ""  # the backup restored first because a killed deploy left a migration unfinished
 
     @classmethod
     def from_fact(cls, fact: dict[str, Any]) -> Deployment:
@@ -112,4 +113,5 @@ class Deployment:
             migration=_migration(get("migration")),
             backup=_str(get("backup")).strip(),
             restored=_dict(get("restored")),
+            recovered=_str(get("recovered")).strip(),
         )

@@ -99,10 +99,11 @@ DATABASE_NAMES = {"tracking": "tracking", "auth": "users"}
 
 def _migration_lines(dep: Deployment) -> list[str]:
     """schema migrated REV_A -> REV_B (backup: PATH), one database per line."""
+    lines = [f"  recovered  an earlier deploy was killed mid-migration: restored its backup {dep.recovered} first"
+             ] if dep.recovered else []
     if not dep.migration:
-        return []
+        return lines
     label = "schema"
-    lines = []
     for name, (before, after) in dep.migration.items():
         lines.append(f"  {label:<10} migrated {DATABASE_NAMES.get(name, name)} {before} → {after}")
         label = ""

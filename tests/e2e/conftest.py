@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +91,25 @@ def shared_server() -> Iterator[VM]:
     os.environ["MLOPS_PROVISION_HOME"] = SHARED_STATE
     next(boxes, None)  # sandbox down
     os.environ["MLOPS_PROVISION_HOME"] = before
+
+
+def deploy_until(vm: VM, pattern: str, sig: int, *args: str) -> tuple[int, str, str, float]:
+    """Start a deploy, and send sig to its whole process group when a progress line matches
+    pattern (the task has started, so the one before it has finished)."""
+    proc = subprocess.Popen([CLI, "deploy", "--host", vm.name, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stderr is not None
+    seen = []
+    sent_at = 0.0
+    for line in proc.stderr:
+        seen.append(line)
+        if not sent_at and re.search(pattern, line):
+            os.killpg(proc.pid, sig)
+            sent_at = time.monotonic()
+    out = proc.stdout.read() if proc.stdout else ""
+    rc = proc.wait(timeout=300)
+    assert sent_at, f"the deploy never reached {pattern!r}:\n" + "".join(seen)[-3000:]
+    return rc, out, "".join(seen), time.monotonic() - sent_at
 
 
 def ensure_deployed(vm: VM) -> VM:

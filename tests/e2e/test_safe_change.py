@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from tests.conftest import CLI
-from tests.e2e.conftest import VM, cli
+from tests.e2e.conftest import VM, cli, deploy_until
 
 pytestmark = pytest.mark.e2e
 
@@ -35,25 +35,6 @@ SIX = json.dumps({"mlflow_extra_pip_packages": ["six"]})  # another requirement 
 @pytest.fixture(scope="module")
 def vm() -> Iterator[VM]:
     yield from VM.up("safe12", "debian12")
-
-
-def deploy_until(vm: VM, pattern: str, sig: int, *args: str) -> tuple[int, str, str, float]:
-    """Start a deploy, and send sig to its whole process group when a progress line matches
-    pattern (the task has started, so the one before it has finished)."""
-    proc = subprocess.Popen([CLI, "deploy", "--host", vm.name, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    assert proc.stderr is not None
-    seen = []
-    sent_at = 0.0
-    for line in proc.stderr:
-        seen.append(line)
-        if not sent_at and re.search(pattern, line):
-            os.killpg(proc.pid, sig)
-            sent_at = time.monotonic()
-    out = proc.stdout.read() if proc.stdout else ""
-    rc = proc.wait(timeout=300)
-    assert sent_at, f"the deploy never reached {pattern!r}:\n" + "".join(seen)[-3000:]
-    return rc, out, "".join(seen), time.monotonic() - sent_at
 
 
 def process_env(vm: VM) -> dict[str, str]:

@@ -1,20 +1,23 @@
 """Upgrades that cannot lose data, on one sandbox, in order: MLflow 3.14.0 with real data (runs
 with 50-step metrics, an artifact, a registered model, a second user) -> an upgrade that fails
 after its migration restores the backup and the old release serves the same data -> the real
-upgrade migrates once, with a backup, and every run, artifact and user is still there -> a
-downgrade is refused before anything stops.
+upgrade killed mid-migration leaves a marker and a stopped server -> the next plain deploy
+restores that backup first, migrates once more, and every run, artifact and user is still
+there -> a downgrade is refused before anything stops.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import VM, cli, experiments_seen_by, read_real_data, write_real_data
+from tests.e2e.conftest import VM, cli, deploy_until, experiments_seen_by, read_real_data, write_real_data
 
 pytestmark = pytest.mark.e2e
 
@@ -72,10 +75,32 @@ def test_an_upgrade_that_fails_after_its_migration_restores_the_backup(vm: VM, t
     assert back["models"] == ["upgrade-model"] and back["runs"] == 5
 
 
+MARKER = "/var/backups/mlflow/migration-in-progress.json"
+
+
+def test_an_upgrade_killed_mid_migration_leaves_its_marker_and_a_stopped_server(vm: VM) -> None:
+    """The worst moment: the server stopped, the backup taken, the migration started. SIGKILL
+    to the whole CLI (a dead laptop) stops the controller and the SSH session that ran it."""
+    rc, _, err, _ = deploy_until(vm, r"Upgrade \| Migrate the schema", signal.SIGKILL, "--mlflow-version", NEW)
+    assert rc == -signal.SIGKILL, err
+    time.sleep(3)  # whatever still ran on the host ends with its session
+    marker = json.loads(vm.sh(f"cat {MARKER}"))
+    assert marker["from"] == OLD and marker["to"] == NEW
+    assert marker["backup"].startswith("/var/backups/mlflow/pre-upgrade-")
+    assert vm.sh(f"cat {marker['backup']}/manifest.json")  # the backup is complete, under its own name
+    assert vm.sh("systemctl is-active mlflow.service", check=False).strip() != "active"
+    DATA["killed_backup"] = marker["backup"]
+
+
 def test_the_upgrade_migrates_once_with_a_backup_and_keeps_every_run(vm: VM, tmp_path: Path) -> None:
     proc = cli("deploy", "--host", vm.name, "--mlflow-version", NEW)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
+    # The next plain run restored the killed run's backup before anything else, then migrated
+    # again from that known state.
+    assert (f"  recovered  an earlier deploy was killed mid-migration: restored its backup "
+            f"{DATA['killed_backup']} first") in out
+    assert vm.sh(f"ls {MARKER} 2>/dev/null || true").strip() == ""
     backup = re.search(rf"  schema     migrated tracking {OLD_HEAD} → {NEW_HEAD} "
                        rf"\(backup: (/var/backups/mlflow/pre-upgrade-\S+-{OLD}-to-{NEW})\)", out)
     assert backup, out

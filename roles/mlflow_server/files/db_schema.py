@@ -226,8 +226,16 @@ def _pg_args(url: str) -> list[str]:
 
 def backup(dest: str) -> dict[str, Any]:
     os.umask(0o077)  # copies of the user database: root only
-    target = Path(dest)
-    target.mkdir(mode=0o700, parents=True, exist_ok=False)
+    final = Path(dest)
+    if final.exists():
+        raise RuntimeError(f"{final} exists already")
+    final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Written under a .partial name and renamed when complete: a backup killed halfway never
+    # looks like a backup. Partial ones of killed runs go (deploys hold the host's lock).
+    for stale in final.parent.glob("*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    target = final.with_name(final.name + ".partial")
+    target.mkdir(mode=0o700)
     before = status("")
     if not before["ok"]:
         raise RuntimeError(before["error"])
@@ -267,7 +275,8 @@ def backup(dest: str) -> dict[str, Any]:
     }
     (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     _fsync(target / "manifest.json")
-    return {"ok": True, "path": str(target), **manifest}
+    os.replace(target, final)
+    return {"ok": True, "path": str(final), **manifest}
 
 
 def _mlflow_version() -> str:

@@ -169,7 +169,8 @@ def state(args: argparse.Namespace) -> dict[str, object]:
         "active": active, "sub": props.get("SubState", ""), "result": props.get("Result", ""),
         "loaded": props.get("LoadState", "") == "loaded", "main_pid": pid, "started_at": start,
         "running_venv": running_venv, "running_version": mlflow_version_in(running_venv) if running_venv else "",
-        "current_venv": link, "newer_files": newer, "present": present, "need_daemon_reload": reload_needed,
+        "current_venv": link, "current_version": mlflow_version_in(link) if link else "",
+        "newer_files": newer, "present": present, "need_daemon_reload": reload_needed,
         # What runs is exactly what the files on disk describe: safe to keep as the rollback target.
         "in_sync": healthy and bool(running_venv) and not newer and not reload_needed and running_venv == link,
         "healthy": healthy,
