@@ -196,3 +196,14 @@ def test_the_list_of_scheduled_backups_is_a_table_newest_first() -> None:
                                 "2026-12-01T04:30:00+00:00"]
     assert lines[-1] == ("  restore    mlops-provision restore --host vm1 "
                          "--from @mlflow-backup-vm1-20261201T000000Z.tar.gz")
+
+
+def test_a_deploy_that_finished_a_killed_migration_says_so_before_its_own() -> None:
+    text = _deploy(_result(_host(recovered="/var/backups/mlflow/pre-upgrade-1-3.14.0-to-3.17.2",
+                                 migration={"tracking": ["b7e4c1a90f23", "dc11669786a5"]},
+                                 backup="/var/backups/mlflow/pre-upgrade-2-3.14.0-to-3.17.2")))
+    lines = text.splitlines()
+    at = lines.index("  recovered  an earlier deploy was killed mid-migration: restored its backup "
+                     "/var/backups/mlflow/pre-upgrade-1-3.14.0-to-3.17.2 first")
+    assert lines[at + 1] == ("  schema     migrated tracking b7e4c1a90f23 → dc11669786a5 "
+                             "(backup: /var/backups/mlflow/pre-upgrade-2-3.14.0-to-3.17.2)")
