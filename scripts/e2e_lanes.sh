@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end tests in two lanes at once, each its own pytest session:
-#   shared  the modules that set SHARED_SERVER = True (one deployed Debian 12 sandbox, in turn)
+#   shared  the modules that set SHARED_SERVER = True (one deployed Debian 12 sandbox, in turn),
+#           and those that set E2E_LANE = "shared" to even out the lanes' times
 #   own     every other module (each starts its own sandboxes)
 # A deploy keeps about 1.5 of 2 cores busy and many steps wait on SSH, systemd timers or apt,
 # so two lanes finish the suite in about two thirds of the time of one (docs/testing.md).
@@ -14,7 +15,7 @@ mkdir -p .cache
 mapfile -t modules < <(ls tests/e2e/test_*.py)
 shared=() own=()
 for m in "${modules[@]}"; do
-    if grep -q '^SHARED_SERVER = True' "$m"; then shared+=("$m"); else own+=("$m"); fi
+    if grep -qE '^(SHARED_SERVER = True|E2E_LANE = "shared")' "$m"; then shared+=("$m"); else own+=("$m"); fi
 done
 
 run_lane() {  # name, modules...

@@ -20,6 +20,7 @@ import pytest
 from tests.e2e.conftest import VM, cli, deploy_until, experiments_seen_by, read_real_data, write_real_data
 
 pytestmark = pytest.mark.e2e
+E2E_LANE = "shared"  # scripts/e2e_lanes.sh: runs after the shared-server modules, evening out the lanes
 
 OLD, NEW = "3.14.0", "3.17.2"
 OLD_HEAD, NEW_HEAD = "b7e4c1a90f23", "dc11669786a5"  # the tracking schema heads of OLD and NEW
