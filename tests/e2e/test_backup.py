@@ -1,8 +1,10 @@
 """Backup and restore, on two sandboxes, in order: a server with real data (runs with a metric
-history, an artifact, a registered model, a second user) -> `backup` copies one archive here and
-checks it -> a damaged archive, and a restore over data without --force, are refused with nothing
-changed -> after an accident (the model deleted, the user removed) `restore --force` brings both
-back -> a fresh second host restored from the same archive serves the same data to the same users.
+history, an artifact, a registered model, a second user) and a backup timer -> `backup` copies
+one checked archive here, and the timer's service keeps the newest two on the host -> a damaged
+archive, and a restore over data without --force, are refused with nothing changed -> after an
+accident (the model deleted, the user removed) `restore --force` from the newest scheduled
+backup brings both back -> a fresh second host restored from the archive here serves the same
+data to the same users -> a deploy without a schedule removes the timer and keeps the archives.
 """
 
 from __future__ import annotations
@@ -70,8 +72,11 @@ def _outgoing_on_host(vm: VM) -> list[str]:
     return vm.sh("ls -d /var/tmp/mlops-provision-backup-* 2>/dev/null || true").split()
 
 
+SCHEDULE = ("--backup-schedule", "daily", "--backup-keep", "2")
+
+
 def test_a_server_with_data_backs_up_to_one_checked_archive(vm: VM, archives: Path) -> None:
-    proc = cli("deploy", "--host", vm.name)
+    proc = cli("deploy", "--host", vm.name, *SCHEDULE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     DATA.update(write_real_data(vm, "backup"))
     proc = cli("backup", "--host", vm.name, "--output", str(archives))
@@ -122,10 +127,26 @@ def test_a_restore_over_data_needs_force(vm: VM) -> None:
     assert vm.main_pid() == pid
 
 
-def test_restore_force_brings_back_what_an_accident_removed(vm: VM, tmp_path: Path) -> None:
+def test_the_timer_keeps_the_newest_scheduled_backups_and_lists_them(vm: VM) -> None:
+    assert vm.sh("systemctl is-enabled mlflow-backup.timer").strip() == "enabled"
+    assert "OnCalendar=*-*-* 00:00:00" in vm.sh("systemctl show -p TimersCalendar --value mlflow-backup.timer")
+    for _ in range(3):  # what the timer starts, three times (names differ by the second)
+        vm.sh("sleep 1; systemctl start mlflow-backup.service")
+    proc = cli("backup", "list", "--host", vm.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{vm.name}: 2 scheduled backups in /var/backups/mlflow/scheduled; schedule: " in proc.stdout
+    names = re.findall(r"^  (mlflow-backup-bak-e2e-\d{8}T\d{6}Z\.tar\.gz) +[\d.]+ MB  3\.17\.2 +5  ", proc.stdout,
+                       re.MULTILINE)
+    assert len(names) == 2 and names == sorted(names, reverse=True), proc.stdout
+    assert vm.sh("stat -c '%a %U' /var/backups/mlflow/scheduled").strip() == "700 root"
+    DATA["scheduled"] = names[0]
+
+
+def test_restore_force_from_a_scheduled_backup_brings_back_what_an_accident_removed(vm: VM,
+                                                                                   tmp_path: Path) -> None:
     _delete_the_model(vm)
     assert cli("user", "remove", "--host", vm.name, "bob").returncode == 0
-    proc = cli("restore", "--host", vm.name, "--from", DATA["archive"], "--force")
+    proc = cli("restore", "--host", vm.name, "--from", f"@{DATA['scheduled']}", "--force", *SCHEDULE)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert re.search(r"  restored   2 experiments, 5 runs, 1 registered models, 2 users, 1 artifact files "
@@ -153,29 +174,7 @@ def test_a_fresh_host_restored_from_the_archive_serves_the_same_data_and_users(f
     assert experiments_seen_by(fresh_vm, "bob", DATA["bob"]) >= 1
 
 
-def test_scheduled_backups_keep_the_last_n_and_restore_from_the_host(vm: VM) -> None:
-    pid = vm.main_pid()
-    proc = cli("deploy", "--host", vm.name, "--backup-schedule", "daily", "--backup-keep", "2")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "restarted" not in proc.stdout and vm.main_pid() == pid  # a timer needs no server restart
-    assert vm.sh("systemctl is-enabled mlflow-backup.timer").strip() == "enabled"
-    assert "OnCalendar=*-*-* 00:00:00" in vm.sh("systemctl show -p TimersCalendar --value mlflow-backup.timer")
-    for _ in range(3):  # what the timer starts, three times (names differ by the second)
-        vm.sh("sleep 1; systemctl start mlflow-backup.service")
-    proc = cli("backup", "list", "--host", vm.name)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert f"{vm.name}: 2 scheduled backups in /var/backups/mlflow/scheduled; schedule: " in proc.stdout
-    names = re.findall(r"^  (mlflow-backup-bak-e2e-\d{8}T\d{6}Z\.tar\.gz) +[\d.]+ MB  3\.17\.2 +5  ", proc.stdout,
-                       re.MULTILINE)
-    assert len(names) == 2 and names == sorted(names, reverse=True), proc.stdout
-    assert vm.sh("stat -c '%a %U' /var/backups/mlflow/scheduled").strip() == "700 root"
-    # An accident, and the way back from the newest scheduled backup, without the control node's copy.
-    _delete_the_model(vm)
-    proc = cli("restore", "--host", vm.name, "--from", f"@{names[0]}", "--force", "--backup-schedule", "daily",
-               "--backup-keep", "2")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert _models(vm) == ["backup-model"]
-    # No schedule: the timer goes, the archives stay.
+def test_a_deploy_without_a_schedule_removes_the_timer_and_keeps_the_archives(vm: VM) -> None:
     proc = cli("deploy", "--host", vm.name)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert vm.sh("systemctl list-unit-files mlflow-backup.timer --no-legend", check=False).strip() == ""
