@@ -173,9 +173,33 @@ def test_a_crash_loop_stops_after_the_start_limit_then_recovers(vm: VM) -> None:
     assert "zz-reliability-crash" not in show(vm, "DropInPaths")["DropInPaths"]
 
 
+def test_stop_ends_within_30_s_and_leaves_no_process(vm: VM) -> None:
+    """Then, stopped: the port is free for another program (the next test takes it)."""
+    cgroup = show(vm, "ControlGroup")["ControlGroup"]
+    assert cgroup.endswith(f"/{UNIT}"), cgroup
+    running = service_processes(vm)
+    assert any("uvicorn" in p for p in running) and any("mlflow.server.jobs" in p for p in running), running
+    load = settle()
+    out = vm.sh(f"a=$(date +%s%N); systemctl stop {UNIT}; b=$(date +%s%N); echo $(( (b - a) / 1000000 ))")
+    took = int(out.strip()) / 1000
+    print(f"systemctl stop took {took:.1f} s ({len(running)} processes, load average {load:.1f})")
+    assert took < STOP_S, f"stop took {took:.1f} s (load average {load:.1f})"
+    state = show(vm, "ActiveState", "Result", "ControlGroup")
+    # Result=timeout would mean systemd had to SIGKILL what ignored SIGTERM for TimeoutStopSec.
+    assert state == {"ActiveState": "inactive", "Result": "success", "ControlGroup": ""}, state
+    left = vm.sh(
+        f"for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do"
+        f" f=$h{cgroup}/cgroup.procs; [ -f $f ] && cat $f; done; true")
+    assert left.strip() == "", f"still in {cgroup}: {left}"
+    assert service_processes(vm) == []
+    assert vm.sh("ss -Hltn 'sport = :5000'").strip() == ""
+    assert not healthy(vm.url)
+
+
 def test_a_port_taken_at_start_ends_failed_and_the_next_deploy_recovers(vm: VM) -> None:
     """uvicorn exits 0 on "Address already in use": the unit must still end failed (retried
-    within the start limit), so systemd, monitoring and `health` agree; a deploy brings it back."""
+    within the start limit), so systemd, monitoring and `health` agree; a deploy brings it back.
+    Starts from the stopped server of the test before (or stops it, run on its own)."""
     vm.sh(f"systemctl stop {UNIT} && systemctl reset-failed {UNIT}")
     vm.sh("nohup python3 -m http.server 5000 >/dev/null 2>&1 & sleep 1")
     try:
@@ -240,29 +264,3 @@ def test_reboot_of_the_vm_brings_the_server_back_without_help(vm: VM) -> None:
     assert (after["ActiveState"], after["UnitFileState"]) == ("active", "enabled")
     proc = cli("health", "--host", vm.name, timeout=120)  # SSH and the published port survived
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_stop_ends_within_30_s_and_leaves_no_process(vm: VM) -> None:
-    cgroup = show(vm, "ControlGroup")["ControlGroup"]
-    assert cgroup.endswith(f"/{UNIT}"), cgroup
-    running = service_processes(vm)
-    assert any("uvicorn" in p for p in running) and any("mlflow.server.jobs" in p for p in running), running
-    load = settle()
-    try:
-        out = vm.sh(f"a=$(date +%s%N); systemctl stop {UNIT}; b=$(date +%s%N); echo $(( (b - a) / 1000000 ))")
-        took = int(out.strip()) / 1000
-        print(f"systemctl stop took {took:.1f} s ({len(running)} processes, load average {load:.1f})")
-        assert took < STOP_S, f"stop took {took:.1f} s (load average {load:.1f})"
-        state = show(vm, "ActiveState", "Result", "ControlGroup")
-        # Result=timeout would mean systemd had to SIGKILL what ignored SIGTERM for TimeoutStopSec.
-        assert state == {"ActiveState": "inactive", "Result": "success", "ControlGroup": ""}, state
-        left = vm.sh(
-            f"for h in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do"
-            f" f=$h{cgroup}/cgroup.procs; [ -f $f ] && cat $f; done; true")
-        assert left.strip() == "", f"still in {cgroup}: {left}"
-        assert service_processes(vm) == []
-        assert vm.sh("ss -Hltn 'sport = :5000'").strip() == ""
-        assert not healthy(vm.url)
-    finally:
-        vm.sh(f"systemctl start {UNIT}", check=False)
-    wait_healthy_again(vm, OBSERVE_S)

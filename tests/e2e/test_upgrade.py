@@ -56,7 +56,10 @@ def test_old_release_with_real_data(vm: VM) -> None:
 
 
 def test_an_upgrade_that_fails_after_its_migration_restores_the_backup(vm: VM, tmp_path: Path) -> None:
-    # A value only the new server rejects at its start: the migration has run by then.
+    env_before = vm.digest("/etc/mlflow/mlflow.env")
+    venv_before = vm.sh("readlink /opt/mlflow/current").strip()
+    # A value only the new server rejects at its start (the deploy cannot catch it earlier): the
+    # migration has run by then, and the new release's venv is built and about to be switched to.
     broken = json.dumps({"mlflow_extra_env": {"MLFLOW_WORKERS": "many"},
                          "mlflow_health_retries": 7, "mlflow_health_delay": 2})
     # 14 s: long enough for a loaded machine's first failed start to print its error, shorter
@@ -69,6 +72,10 @@ def test_an_upgrade_that_fails_after_its_migration_restores_the_backup(vm: VM, t
     assert "and hold the same data as before this deploy." in out
     assert "Rolled back: the previous configuration and venv serve again (/health OK)." in out
     assert "'many' is not a valid integer" in out  # the real cause, from the new server's journal
+    # The previous server runs again with its own files and venv, and answers from outside.
+    assert vm.digest("/etc/mlflow/mlflow.env") == env_before
+    assert vm.sh("readlink /opt/mlflow/current").strip() == venv_before
+    assert cli("health", "--host", vm.name).returncode == 0
     # The old release serves the old schema and every row, run and artifact of before.
     assert running_version(vm) == OLD and schema(vm) == OLD_HEAD
     back = read_back(vm, str(tmp_path))

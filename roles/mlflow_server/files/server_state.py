@@ -189,6 +189,18 @@ def _journal(since: float) -> str:
     return out.strip()
 
 
+def _let_a_failing_start_finish(pid: int, limit: float = 10.0) -> None:
+    """A start that is failing when the window closes (on a loaded host it may have printed
+    only the first line of its error) gets up to `limit` seconds to exit, so its whole error
+    is in the journal we show. A server that is merely slow costs the failure path this long."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        props = show("ActiveState", "MainPID")
+        if int(props.get("MainPID") or 0) != pid or props.get("ActiveState") not in ("active", "activating"):
+            return
+        time.sleep(0.5)
+
+
 def _health(port: int) -> int:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as resp:
@@ -225,9 +237,10 @@ def wait(args: argparse.Namespace) -> dict[str, object]:
                 return {"ok": True, "reason": "", "journal": "", "version": version, "venv": venv_of(pid),
                         "elapsed": round(time.monotonic() - begin, 1)}
         if time.monotonic() - begin > args.timeout:
+            elapsed = round(time.monotonic() - begin, 1)
+            _let_a_failing_start_finish(pid)
             return {"ok": False, "reason": note or f"{UNIT} did not answer http://127.0.0.1:{args.port}/health "
-                    f"within {args.timeout} s", "journal": _journal(since), "timeout": True,
-                    "elapsed": round(time.monotonic() - begin, 1)}
+                    f"within {args.timeout} s", "journal": _journal(since), "timeout": True, "elapsed": elapsed}
         time.sleep(0.5)
 
 
