@@ -27,6 +27,10 @@ from tests.conftest import CLI
 os.environ["MLOPS_PROVISION_HOME"] = tempfile.mkdtemp(prefix="mlops-e2e-state-")
 SHARED_STATE = tempfile.mkdtemp(prefix="mlops-e2e-shared-state-")
 SHARED_SANDBOX = "e2e-debian12"
+# Modules whose subject is not the server's defaults (stores, backends, upgrades, backups) deploy
+# with 2 uvicorn workers: each start then costs about half the CPU on these 2-core machines.
+# The shared-server modules prove the defaults (4 workers).
+LEAN = ("--workers", "2")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI
-from tests.e2e.conftest import VM, admin_env, cli, mlflow_client, places_where_secrets_must_not_be
+from tests.e2e.conftest import LEAN, VM, admin_env, cli, mlflow_client, places_where_secrets_must_not_be
 from tests.servers import HOST_FROM_SANDBOX, Azurite, SeaweedS3
 
 pytestmark = pytest.mark.e2e
@@ -51,7 +51,7 @@ def vm() -> Iterator[VM]:
 
 def deploy(vm: VM, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "AZURE_", "MLFLOW_"))}
-    proc = subprocess.run([CLI, "deploy", "--host", vm.name, *args], capture_output=True, text=True,
+    proc = subprocess.run([CLI, "deploy", "--host", vm.name, *LEAN, *args], capture_output=True, text=True,
                           env={**clean, **env}, timeout=900)
     OUTPUTS.append(proc.stdout + proc.stderr)
     return proc

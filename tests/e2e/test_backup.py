@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import (
+    LEAN,
     VM,
     admin_env,
     cli,
@@ -72,7 +73,7 @@ def _outgoing_on_host(vm: VM) -> list[str]:
     return vm.sh("ls -d /var/tmp/mlops-provision-backup-* 2>/dev/null || true").split()
 
 
-SCHEDULE = ("--backup-schedule", "daily", "--backup-keep", "2")
+SCHEDULE = (*LEAN, "--backup-schedule", "daily", "--backup-keep", "2")
 
 
 def test_a_server_with_data_backs_up_to_one_checked_archive(vm: VM, archives: Path) -> None:
@@ -110,7 +111,7 @@ def test_a_damaged_archive_is_refused_with_nothing_changed(vm: VM, archives: Pat
     pid = vm.main_pid()
     damaged = archives / "damaged.tar.gz"
     damaged.write_bytes(Path(DATA["archive"]).read_bytes()[:-4096])  # a copy cut short
-    proc = cli("restore", "--host", vm.name, "--from", str(damaged), "--force")
+    proc = cli("restore", "--host", vm.name, *LEAN, "--from", str(damaged), "--force")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"error: --from: {damaged} fails its check: " in proc.stderr
     assert "nothing was changed" in proc.stderr
@@ -119,7 +120,7 @@ def test_a_damaged_archive_is_refused_with_nothing_changed(vm: VM, archives: Pat
 
 def test_a_restore_over_data_needs_force(vm: VM) -> None:
     pid = vm.main_pid()
-    proc = cli("restore", "--host", vm.name, "--from", DATA["archive"])
+    proc = cli("restore", "--host", vm.name, *SCHEDULE, "--from", DATA["archive"])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert f"{vm.name} holds data (5 runs, 1 registered models) that the restore of " in out
@@ -161,7 +162,7 @@ def test_restore_force_from_a_scheduled_backup_brings_back_what_an_accident_remo
 
 def test_a_fresh_host_restored_from_the_archive_serves_the_same_data_and_users(fresh_vm: VM,
                                                                               tmp_path: Path) -> None:
-    proc = cli("restore", "--host", fresh_vm.name, "--from", DATA["archive"])
+    proc = cli("restore", "--host", fresh_vm.name, *LEAN, "--from", DATA["archive"])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert f"{fresh_vm.name}: deployed" in out and "  health     OK" in out
@@ -175,7 +176,7 @@ def test_a_fresh_host_restored_from_the_archive_serves_the_same_data_and_users(f
 
 
 def test_a_deploy_without_a_schedule_removes_the_timer_and_keeps_the_archives(vm: VM) -> None:
-    proc = cli("deploy", "--host", vm.name)
+    proc = cli("deploy", "--host", vm.name, *LEAN)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert vm.sh("systemctl list-unit-files mlflow-backup.timer --no-legend", check=False).strip() == ""
     assert len(vm.sh("ls /var/backups/mlflow/scheduled/*.tar.gz").split()) == 2

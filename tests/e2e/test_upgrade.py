@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import VM, cli, deploy_until, experiments_seen_by, read_real_data, write_real_data
+from tests.e2e.conftest import LEAN, VM, cli, deploy_until, experiments_seen_by, read_real_data, write_real_data
 
 pytestmark = pytest.mark.e2e
-E2E_LANE = "shared"  # scripts/e2e_lanes.sh: runs after the shared-server modules, evening out the lanes
 
 OLD, NEW = "3.14.0", "3.17.2"
 OLD_HEAD, NEW_HEAD = "b7e4c1a90f23", "dc11669786a5"  # the tracking schema heads of OLD and NEW
@@ -49,7 +48,7 @@ def read_back(vm: VM, tmp: str) -> dict[str, object]:
 
 
 def test_old_release_with_real_data(vm: VM) -> None:
-    proc = cli("deploy", "--host", vm.name, "--mlflow-version", OLD)
+    proc = cli("deploy", "--host", vm.name, *LEAN, "--mlflow-version", OLD)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert running_version(vm) == OLD and schema(vm) == OLD_HEAD
     DATA.update(write_real_data(vm, "upgrade"))
@@ -64,7 +63,7 @@ def test_an_upgrade_that_fails_after_its_migration_restores_the_backup(vm: VM, t
                          "mlflow_health_retries": 7, "mlflow_health_delay": 2})
     # 14 s: long enough for a loaded machine's first failed start to print its error, shorter
     # than systemd's five starts before it gives up (the other way verify ends).
-    proc = cli("deploy", "--host", vm.name, "--mlflow-version", NEW, "-e", broken)
+    proc = cli("deploy", "--host", vm.name, *LEAN, "--mlflow-version", NEW, "-e", broken)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert f"mlflow.service did not answer http://127.0.0.1:5000/health within 14 s on {vm.name}." in out
@@ -89,7 +88,7 @@ MARKER = "/var/backups/mlflow/migration-in-progress.json"
 def test_an_upgrade_killed_mid_migration_leaves_its_marker_and_a_stopped_server(vm: VM) -> None:
     """The worst moment: the server stopped, the backup taken, the migration started. SIGKILL
     to the whole CLI (a dead laptop) stops the controller and the SSH session that ran it."""
-    rc, _, err, _ = deploy_until(vm, r"Upgrade \| Migrate the schema", signal.SIGKILL, "--mlflow-version", NEW)
+    rc, _, err, _ = deploy_until(vm, r"Upgrade \| Migrate the schema", signal.SIGKILL, *LEAN, "--mlflow-version", NEW)
     assert rc == -signal.SIGKILL, err
     time.sleep(3)  # whatever still ran on the host ends with its session
     marker = json.loads(vm.sh(f"cat {MARKER}"))
@@ -101,7 +100,7 @@ def test_an_upgrade_killed_mid_migration_leaves_its_marker_and_a_stopped_server(
 
 
 def test_the_upgrade_migrates_once_with_a_backup_and_keeps_every_run(vm: VM, tmp_path: Path) -> None:
-    proc = cli("deploy", "--host", vm.name, "--mlflow-version", NEW)
+    proc = cli("deploy", "--host", vm.name, *LEAN, "--mlflow-version", NEW)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     # The next plain run restored the killed run's backup before anything else, then migrated
@@ -124,13 +123,13 @@ def test_the_upgrade_migrates_once_with_a_backup_and_keeps_every_run(vm: VM, tmp
     assert back["steps"] == list(range(50)) and back["last"] == pytest.approx(1.0 / 50)
     assert back["artifact"] == DATA["artifact"] and back["models"] == ["upgrade-model"] and back["runs"] == 5
     assert experiments_seen_by(vm, "bob", DATA["bob"]) >= 1
-    proc = cli("deploy", "--host", vm.name)  # migrated once: the next deploy neither migrates nor restarts
+    proc = cli("deploy", "--host", vm.name, *LEAN)  # migrated once: the next deploy neither migrates nor restarts
     assert proc.returncode == 0 and "  schema " not in proc.stdout and "restarted" not in proc.stdout, proc.stdout
 
 
 def test_a_downgrade_is_refused_before_anything_stops(vm: VM) -> None:
     pid = vm.main_pid()
-    proc = cli("deploy", "--host", vm.name, "--mlflow-version", OLD)
+    proc = cli("deploy", "--host", vm.name, *LEAN, "--mlflow-version", OLD)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert f"mlflow_version {OLD} cannot serve this server's data: the tracking database is at schema" in out
