@@ -106,7 +106,8 @@ print(json.dumps({{}}))
     proc = cli("restore", "--host", vm.name, *LEAN, "--from", archive, "--force", "--backend", "postgresql")
     OUTPUTS.append(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "  restored   2 experiments, 1 runs, 1 registered models, 1 users;" in proc.stdout
+    assert "  restored   2 experiments, 1 runs, 1 registered models, 1 users, 0 artifact files (0.0 MB); " \
+        f"taken on {vm.name} at " in proc.stdout
     assert "             the databases it replaced: /var/backups/mlflow/pre-restore-" in proc.stdout
     assert _model_versions(vm) == "1"
 
