@@ -86,7 +86,9 @@ class Deployment:
     migration: dict[str, tuple[str, str]] = field(default_factory=dict)  # database -> (from, to) revision
     backup: str = ""  # on the host: the backup taken before the migration (or the restore)
     restored: dict[str, Any] = field(default_factory=dict)  # restore --from: what the archive held
-    recovered: str = ""  # the backup restored first because a killed deploy left a migration unfinished
+    # What a killed deploy left unfinished and this one put back first: its marker on the host,
+    # {"kind": "migration" | "restore", "backup": PATH, ...} (backend/recover.yml).
+    recovered: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_fact(cls, fact: dict[str, Any]) -> Deployment:
@@ -113,5 +115,5 @@ class Deployment:
             migration=_migration(get("migration")),
             backup=_str(get("backup")).strip(),
             restored=_dict(get("restored")),
-            recovered=_str(get("recovered")).strip(),
+            recovered=_dict(get("recovered")),
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mlops_provision.deployment import Deployment
 from mlops_provision.health import Report
 from mlops_provision.runner import HostResult, RunResult
@@ -97,10 +99,17 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
 DATABASE_NAMES = {"tracking": "tracking", "auth": "users"}
 
 
+def _recovery(left: dict[str, Any]) -> str:
+    backup = left.get("backup") or "(nothing to put back: the host held no databases)"
+    if left.get("kind") == "restore":
+        return (f"a restore of {left.get('archive', '?')} did not finish: the data from before it is back "
+                f"(databases: {backup}{'; artifacts: ' + left['artifacts'] if left.get('artifacts') else ''})")
+    return f"an earlier deploy was killed mid-migration: restored its backup {backup} first"
+
+
 def _migration_lines(dep: Deployment) -> list[str]:
     """schema migrated REV_A -> REV_B (backup: PATH), one database per line."""
-    lines = [f"  recovered  an earlier deploy was killed mid-migration: restored its backup {dep.recovered} first"
-             ] if dep.recovered else []
+    lines = [f"  recovered  {_recovery(dep.recovered)}"] if dep.recovered else []
     if not dep.migration:
         return lines
     label = "schema"

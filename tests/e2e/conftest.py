@@ -97,10 +97,11 @@ def shared_server() -> Iterator[VM]:
     os.environ["MLOPS_PROVISION_HOME"] = before
 
 
-def deploy_until(vm: VM, pattern: str, sig: int, *args: str) -> tuple[int, str, str, float]:
-    """Start a deploy, and send sig to its whole process group when a progress line matches
-    pattern (the task has started, so the one before it has finished)."""
-    proc = subprocess.Popen([CLI, "deploy", "--host", vm.name, *args], stdout=subprocess.PIPE,
+def deploy_until(vm: VM, pattern: str, sig: int, *args: str, verb: str = "deploy") -> tuple[int, str, str, float]:
+    """Start a deploy (or another verb that deploys: restore), and send sig to its whole process
+    group when a progress line matches pattern (the task has started, so the one before it has
+    finished)."""
+    proc = subprocess.Popen([CLI, verb, "--host", vm.name, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stderr is not None
     seen = []

@@ -4,13 +4,15 @@ one checked archive here, and the timer's service keeps the newest two on the ho
 archive, and a restore over data without --force, are refused with nothing changed -> after an
 accident (the model deleted, the user removed) `restore --force` from the newest scheduled
 backup brings both back -> a fresh second host restored from the archive here serves the same
-data to the same users -> a deploy without a schedule removes the timer and keeps the archives.
+data to the same users -> a restore killed after unpacking (its server never proven) is undone
+by the next plain deploy, which also removes the timer and keeps the archives.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import signal
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from tests.e2e.conftest import (
     VM,
     admin_env,
     cli,
+    deploy_until,
     experiments_seen_by,
     mlflow_client,
     read_real_data,
@@ -175,8 +178,33 @@ def test_a_fresh_host_restored_from_the_archive_serves_the_same_data_and_users(f
     assert experiments_seen_by(fresh_vm, "bob", DATA["bob"]) >= 1
 
 
-def test_a_deploy_without_a_schedule_removes_the_timer_and_keeps_the_archives(vm: VM) -> None:
+def test_a_restore_killed_after_unpacking_leaves_the_old_server_stopped_and_marked(vm: VM) -> None:
+    _delete_the_model(vm)  # the data before this restore differs from the archive's: no model
+    rc, _, err, _ = deploy_until(vm, r"Restore \| Check the unpacking", signal.SIGKILL, *SCHEDULE,
+                                 "--from", DATA["archive"], "--force", verb="restore")
+    assert rc == -signal.SIGKILL, err[-2000:]
+    # The archive's data is in place but its server was never proven: the marker stays.
+    marker = json.loads(vm.sh("cat /var/backups/mlflow/restore-in-progress.json"))
+    assert (marker["kind"], marker["archive"]) == ("restore", Path(DATA["archive"]).name)
+    assert vm.sh(f"ls -d /var/lib/mlflow/artifacts.replaced-{marker['stamp']}").strip()
+    assert vm.sh("systemctl is-active mlflow.service", check=False).strip() == "inactive"
+    DATA["stamp"] = marker["stamp"]
+
+
+def test_the_next_plain_deploy_puts_back_the_data_from_before_the_killed_restore(vm: VM, tmp_path: Path) -> None:
+    # Without a schedule: the same deploy removes the timer and keeps the archives.
     proc = cli("deploy", "--host", vm.name, *LEAN)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert re.search(rf"  recovered  a restore of {re.escape(Path(DATA['archive']).name)} did not finish: the "
+                     r"data from before it is back \(databases: /var/backups/mlflow/pre-restore-\S+; "
+                     r"artifacts: /var/lib/mlflow/artifacts\)", out), out
+    assert _models(vm) == []  # as before the restore, not as in the archive
+    back = read_real_data(vm, DATA["run_id"], str(tmp_path))
+    assert back["steps"] == list(range(50)) and back["artifact"] == DATA["artifact"]
+    assert experiments_seen_by(vm, "bob", DATA["bob"]) >= 1
+    left = vm.sh(f"ls -a /var/backups/mlflow /var/lib/mlflow | grep -e in-progress -e incoming- "
+                 f"-e {DATA['stamp']} || true")
+    assert left.strip() == ""  # no marker, pushed archive, staged or replaced directory
     assert vm.sh("systemctl list-unit-files mlflow-backup.timer --no-legend", check=False).strip() == ""
     assert len(vm.sh("ls /var/backups/mlflow/scheduled/*.tar.gz").split()) == 2

@@ -47,6 +47,24 @@ def _run(site: Path, server: Path, *args: str, check: bool = True) -> dict:
     return dict(json.loads(proc.stdout))
 
 
+def _unpack(site: Path, target: Path, archive: Path, tmp_path: Path, check: bool = True,
+            undo_backup: str = "") -> dict:
+    return _run(site, target, "unpack", "--archive", str(archive), "--owner", getpass.getuser(),
+                "--backup-dir", str(tmp_path / "target-backups"), "--marker", str(tmp_path / "marker.json"),
+                "--undo-backup", undo_backup, check=check)
+
+
+def _db_backup(site: Path, server: Path, dest: Path) -> dict:
+    """db_schema.py backup of server's databases, as restore.yml takes it before unpacking."""
+    data = server / "data"
+    env = {**os.environ, "PYTHONPATH": str(site), "MLFLOW_DB_URL": f"sqlite:///{data}/mlflow.db",
+           "MLFLOW_AUTH_DB_URL": f"sqlite:///{data}/auth.db"}
+    proc = subprocess.run([sys.executable, str(SCRIPT.with_name("db_schema.py")), "backup", "--dest", str(dest)],
+                          capture_output=True, text=True, env=env, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return dict(json.loads(proc.stdout))
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     site = _fake_mlflow(tmp_path / "site", CHAIN, AUTH_CHAIN)
@@ -136,8 +154,7 @@ def test_unpack_puts_everything_where_another_configuration_keeps_it(archive: Pa
     data = target / "data"
     (data / "artifacts" / "old").mkdir(parents=True)
     (data / "artifacts" / "old" / "x.txt").write_text("replaced")
-    out = _run(site, target, "unpack", "--archive", str(archive), "--owner", getpass.getuser(),
-               "--backup-dir", str(tmp_path / "target-backups"))
+    out = _unpack(site, target, archive, tmp_path)
     assert out["ok"] and sorted(out["restored"]) == ["auth.db", "mlflow.db"]
     with sqlite3.connect(data / "mlflow.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 5
@@ -159,8 +176,7 @@ def test_unpack_of_a_damaged_archive_changes_nothing(archive: Path, site: Path, 
     before = sorted(str(p) for p in data.rglob("*")), (data / "mlflow.db").read_bytes()
     bad = tmp_path / "bad.tar.gz"
     _rewrite(archive, bad, {"artifacts/1/abc/artifacts/notes.txt": b"HELLO"})
-    out = _run(site, target, "unpack", "--archive", str(bad), "--owner", getpass.getuser(),
-               "--backup-dir", str(tmp_path / "target-backups"), check=False)
+    out = _unpack(site, target, bad, tmp_path, check=False)
     assert "does not match its SHA-256" in out["error"]
     assert (sorted(str(p) for p in data.rglob("*")), (data / "mlflow.db").read_bytes()) == before
 
@@ -170,8 +186,7 @@ def test_unpack_refuses_another_backend(archive: Path, site: Path, tmp_path: Pat
     env = target / "config" / "mlflow.env"
     env.write_text(env.read_text().replace(f"sqlite:///{target}/data/mlflow.db",
                                            "postgresql+psycopg2://mlflow:pw@127.0.0.1:9/mlflow"))
-    out = _run(site, target, "unpack", "--archive", str(archive), "--owner", getpass.getuser(),
-               "--backup-dir", str(tmp_path / "target-backups"), check=False)
+    out = _unpack(site, target, archive, tmp_path, check=False)
     assert out["error"] == ("the archive holds a sqlite database; this server uses postgresql: "
                             "restore onto a server with the same backend")
     assert not (target / "data" / "artifacts").exists()
@@ -197,3 +212,75 @@ def test_scheduled_backups_keep_the_newest_and_list_them(tmp_path: Path, site: P
     assert listed[0]["databases"]["tracking"]["counts"] == {"runs": 3}
     assert listed[0]["size"] == Path(out["path"]).stat().st_size
     assert _run(site, source, "check", "--archive", out["path"])["ok"]
+
+
+def _tree(root: Path) -> dict[str, object]:
+    """Every file's content; a database's rows (a backup copy differs in its header bytes)."""
+    def content(path: Path) -> object:
+        if path.suffix == ".db":
+            with sqlite3.connect(path) as conn:
+                return list(conn.iterdump())
+        return path.read_bytes()
+    return {str(p.relative_to(root)): content(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _target_with_data(tmp_path: Path) -> Path:
+    target = _server(tmp_path, "target")
+    data = target / "data"
+    _database(data / "mlflow.db", "alembic_version", "ccc333", {"experiments": 1, "runs": 1})
+    (data / "artifacts" / "0" / "r1").mkdir(parents=True)
+    (data / "artifacts" / "0" / "r1" / "mine.txt").write_text("mine")
+    return target
+
+
+def test_putback_undoes_a_whole_restore_and_finish_is_then_a_no_op(archive: Path, site: Path,
+                                                                    tmp_path: Path) -> None:
+    target = _target_with_data(tmp_path)
+    data = target / "data"
+    before = _tree(data)
+    undo = _db_backup(site, target, tmp_path / "target-backups" / "pre-restore-x")
+    assert undo["absent"] == {"auth": str(data / "auth.db")}  # basic auth was not on yet
+    out = _unpack(site, target, archive, tmp_path, undo_backup=undo["path"])
+    marker = json.loads((tmp_path / "marker.json").read_text())
+    assert (marker["kind"], marker["archive"], marker["backup"]) == ("restore", "one.tar.gz", undo["path"])
+    assert Path(out["replaced_artifacts"]).name == f"artifacts.replaced-{marker['stamp']}"
+    assert (data / "auth.db").exists() and _tree(data) != before
+    back = _run(site, target, "putback", "--marker", str(tmp_path / "marker.json"), "--owner", getpass.getuser())
+    assert back["ok"] and back["artifacts"] == str(data / "artifacts")
+    assert sorted(back["databases"]) == ["auth (absent)", "mlflow.db"]
+    assert _tree(data) == before  # the databases, the artifacts, and no user database
+    assert sorted(p.name for p in data.iterdir()) == ["artifacts", "mlflow.db"]
+    assert not (tmp_path / "marker.json").exists()
+
+
+def test_putback_after_a_swap_killed_halfway_brings_the_old_artifacts_back(archive: Path, site: Path,
+                                                                           tmp_path: Path) -> None:
+    target = _target_with_data(tmp_path)
+    data = target / "data"
+    before = _tree(data)
+    undo = _db_backup(site, target, tmp_path / "target-backups" / "pre-restore-x")
+    # As the host looks when a restore dies between its two renames: the databases restored,
+    # the old artifacts moved aside, the archive's still staged.
+    _unpack(site, target, archive, tmp_path, undo_backup=undo["path"])
+    stamp = json.loads((tmp_path / "marker.json").read_text())["stamp"]
+    (data / "artifacts").rename(data / f".artifacts.restoring-{stamp}")
+    back = _run(site, target, "putback", "--marker", str(tmp_path / "marker.json"), "--owner", getpass.getuser())
+    assert back["artifacts"] == str(data / "artifacts")
+    assert _tree(data) == before
+    assert sorted(p.name for p in data.iterdir()) == ["artifacts", "mlflow.db"]
+
+
+def test_finish_keeps_replaced_artifacts_and_removes_an_empty_replaced_dir(archive: Path, site: Path,
+                                                                          tmp_path: Path) -> None:
+    marker = tmp_path / "marker.json"
+    with_data = _target_with_data(tmp_path)
+    out = _unpack(site, with_data, archive, tmp_path)
+    assert _run(site, with_data, "finish", "--marker", str(marker)) == {
+        "ok": True, "finished": True, "replaced_artifacts": out["replaced_artifacts"]}
+    assert not marker.exists() and Path(out["replaced_artifacts"], "0", "r1", "mine.txt").exists()
+    empty = _server(tmp_path, "empty")
+    (empty / "data" / "artifacts").mkdir()
+    out = _unpack(site, empty, archive, tmp_path)
+    assert _run(site, empty, "finish", "--marker", str(marker))["replaced_artifacts"] == ""
+    assert sorted(p.name for p in (empty / "data").iterdir()) == ["artifacts", "auth.db", "mlflow.db"]
+    assert _run(site, empty, "finish", "--marker", str(marker)) == {"ok": True, "finished": False}

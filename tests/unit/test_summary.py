@@ -199,7 +199,8 @@ def test_the_list_of_scheduled_backups_is_a_table_newest_first() -> None:
 
 
 def test_a_deploy_that_finished_a_killed_migration_says_so_before_its_own() -> None:
-    text = _deploy(_result(_host(recovered="/var/backups/mlflow/pre-upgrade-1-3.14.0-to-3.17.2",
+    text = _deploy(_result(_host(recovered={"kind": "migration", "from": "3.14.0", "to": "3.17.2",
+                                            "backup": "/var/backups/mlflow/pre-upgrade-1-3.14.0-to-3.17.2"},
                                  migration={"tracking": ["b7e4c1a90f23", "dc11669786a5"]},
                                  backup="/var/backups/mlflow/pre-upgrade-2-3.14.0-to-3.17.2")))
     lines = text.splitlines()
@@ -207,3 +208,12 @@ def test_a_deploy_that_finished_a_killed_migration_says_so_before_its_own() -> N
                      "/var/backups/mlflow/pre-upgrade-1-3.14.0-to-3.17.2 first")
     assert lines[at + 1] == ("  schema     migrated tracking b7e4c1a90f23 → dc11669786a5 "
                              "(backup: /var/backups/mlflow/pre-upgrade-2-3.14.0-to-3.17.2)")
+
+
+def test_a_deploy_that_undid_a_killed_restore_names_the_archive_and_what_came_back() -> None:
+    text = _deploy(_result(_host(recovered={
+        "kind": "restore", "archive": "mlflow-backup-vm1-20261201T000000Z.tar.gz",
+        "backup": "/var/backups/mlflow/pre-restore-20261201T010000Z", "artifacts": "/var/lib/mlflow/artifacts"})))
+    assert ("  recovered  a restore of mlflow-backup-vm1-20261201T000000Z.tar.gz did not finish: the data from "
+            "before it is back (databases: /var/backups/mlflow/pre-restore-20261201T010000Z; "
+            "artifacts: /var/lib/mlflow/artifacts)") in text.splitlines()

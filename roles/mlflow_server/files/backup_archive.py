@@ -5,10 +5,14 @@
                                        the environment file with its secrets masked, and
                                        manifest.json (last): MLflow version, revisions, row counts,
                                        sizes and the SHA-256 of every other member
-    unpack --archive FILE --owner U    checks every member against the manifest while unpacking
+    unpack --archive FILE --owner U --marker M --undo-backup DIR
+                                       checks every member against the manifest while unpacking
                                        it beside its destination, then puts the databases and the
                                        artifacts where this host's configuration keeps them; a
-                                       failed check changes nothing
+                                       failed check changes nothing. First writes the marker M:
+                                       what puts the server back (DIR, the replaced artifacts)
+    finish --marker M                  the restored server is proven: M goes
+    putback --marker M --owner U       undo an unfinished restore (killed, or failed verify)
     check  --archive FILE              the checks alone
     scheduled --dir D --keep N --host NAME
                                        create D/mlflow-backup-NAME-<UTC time>.tar.gz with a JSON
@@ -297,7 +301,27 @@ def _fits_this_server(manifest: dict[str, Any], urls: dict[str, str], artifacts_
                            f"{local_artifacts(env)[0]}: restore onto a server with local artifacts")
 
 
-def unpack(archive: str, owner: str, env_file: str, backup_dir: str) -> dict[str, Any]:
+def _artifact_paths(artifacts_dir: Path, stamp: str) -> tuple[Path, Path]:
+    """Where unpack stages the archive's artifacts, and where it moves the replaced ones."""
+    return (artifacts_dir.with_name(f".{artifacts_dir.name}.restoring-{stamp}"),
+            artifacts_dir.with_name(f"{artifacts_dir.name}.replaced-{stamp}"))
+
+
+def _write_marker(path: Path, data: dict[str, Any]) -> None:
+    staged = path.with_name(path.name + ".partial")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(staged, path)
+
+
+def unpack(archive: str, owner: str, env_file: str, backup_dir: str, marker: str, undo_backup: str) -> dict[str, Any]:
+    """Put the archive's databases and local artifacts in place of this server's. Before the
+    first change, the marker names what puts the server back as it was (undo_backup, taken by
+    db_schema.py backup with the server stopped, and the replaced artifact directory): a restore
+    killed at any point is undone by the next deploy (putback), until `finish` removes it."""
     env = read_env_file(env_file)
     urls = point_db_schema_at(env)
     _, artifacts_dir = local_artifacts(env)
@@ -307,14 +331,22 @@ def unpack(archive: str, owner: str, env_file: str, backup_dir: str) -> dict[str
         staging = {"db": Path(tmp) / "db"}
         if artifacts_dir is not None:  # beside its destination: one rename puts it in place
             artifacts_dir.parent.mkdir(parents=True, exist_ok=True)
-            staging["artifacts"] = artifacts_dir.with_name(f".{artifacts_dir.name}.restoring-{stamp}")
+            staging["artifacts"] = _artifact_paths(artifacts_dir, stamp)[0]
         try:
             with tarfile.open(archive, "r:*") as tar:
-                _fits_this_server(_read_manifest(tar), urls, artifacts_dir, env)
+                manifest = _read_manifest(tar)
+            _fits_this_server(manifest, urls, artifacts_dir, env)
+            _write_marker(Path(marker), {
+                "kind": "restore", "archive": Path(archive).name.removeprefix("incoming-"),
+                "taken_on": manifest["host"], "created_at": manifest["created_at"], "backup": undo_backup,
+                "artifacts_dir": str(artifacts_dir) if artifacts_dir is not None else "", "stamp": stamp,
+                # pushed by restore_prepare.yml, removed when the restore ends; putback removes it too
+                "pushed": archive if Path(archive).name.startswith("incoming-") else ""})
             manifest = _unpack_to(archive, staging)
             # The databases go where this host's configuration keeps them (the user database
             # only when this server has basic auth on).
             db_manifest = json.loads((staging["db"] / "manifest.json").read_text())
+            db_manifest.pop("absent", None)  # the source host's paths: nothing to remove here
             for name, part in list(db_manifest["files"].items()):
                 if not urls.get(part["kind"]):
                     del db_manifest["files"][name]
@@ -326,14 +358,14 @@ def unpack(archive: str, owner: str, env_file: str, backup_dir: str) -> dict[str
             restored = db_schema.restore(str(staging["db"]), owner)
             replaced = ""
             if artifacts_dir is not None:
-                incoming = staging["artifacts"]
+                incoming, aside = _artifact_paths(artifacts_dir, stamp)
                 incoming.mkdir(parents=True, exist_ok=True)
                 _chown_tree(incoming, owner)
-                if artifacts_dir.exists() and any(artifacts_dir.iterdir()):
-                    replaced = str(artifacts_dir.with_name(f"{artifacts_dir.name}.replaced-{stamp}"))
-                    os.replace(artifacts_dir, replaced)
-                elif artifacts_dir.exists():
-                    artifacts_dir.rmdir()
+                # Moved aside even when empty: putback tells a swap that began by its presence
+                # (finish removes an empty one).
+                if artifacts_dir.exists():
+                    replaced = str(aside) if any(artifacts_dir.iterdir()) else ""
+                    os.replace(artifacts_dir, aside)
                 os.replace(incoming, artifacts_dir)
         finally:
             if "artifacts" in staging and staging["artifacts"].exists():
@@ -342,6 +374,48 @@ def unpack(archive: str, owner: str, env_file: str, backup_dir: str) -> dict[str
             "artifacts": manifest["artifacts"], "replaced_artifacts": replaced,
             "mlflow_version": manifest["mlflow_version"], "created_at": manifest["created_at"],
             "host": manifest["host"]}
+
+
+def finish(marker: str) -> dict[str, Any]:
+    """The restored server is proven: the marker goes, then an empty replaced directory."""
+    path = Path(marker)
+    if not path.exists():
+        return {"ok": True, "finished": False}
+    info = json.loads(path.read_text())
+    path.unlink()
+    kept = ""
+    if info.get("artifacts_dir"):
+        aside = _artifact_paths(Path(info["artifacts_dir"]), info["stamp"])[1]
+        if aside.is_dir() and not any(aside.iterdir()):
+            aside.rmdir()
+        elif aside.exists():
+            kept = str(aside)
+    return {"ok": True, "finished": True, "replaced_artifacts": kept}
+
+
+def putback(marker: str, owner: str) -> dict[str, Any]:
+    """Undo a restore that did not finish (killed, or its server failed verify): the databases
+    from the backup taken before it, the artifact directory it replaced; then the marker goes."""
+    path = Path(marker)
+    if not path.exists():  # unpack never began: nothing was changed
+        return {"ok": True, "kind": "", "databases": [], "artifacts": ""}
+    info = json.loads(path.read_text())
+    result: dict[str, Any] = {"ok": True, **info, "databases": [], "artifacts": ""}
+    if info.get("backup"):
+        result["databases"] = db_schema.restore(info["backup"], owner)["restored"]
+    if info.get("artifacts_dir"):
+        artifacts_dir = Path(info["artifacts_dir"])
+        incoming, aside = _artifact_paths(artifacts_dir, info["stamp"])
+        shutil.rmtree(incoming, ignore_errors=True)
+        if aside.exists():  # the swap began: what is at artifacts_dir now came from the archive
+            if artifacts_dir.exists():
+                shutil.rmtree(artifacts_dir)
+            os.replace(aside, artifacts_dir)
+            result["artifacts"] = str(artifacts_dir)
+    if info.get("pushed"):
+        Path(info["pushed"]).unlink(missing_ok=True)
+    path.unlink()
+    return result
 
 
 def main() -> int:
@@ -356,6 +430,12 @@ def main() -> int:
     unpack_parser.add_argument("--archive", required=True)
     unpack_parser.add_argument("--owner", required=True)
     unpack_parser.add_argument("--backup-dir", required=True)
+    unpack_parser.add_argument("--marker", required=True)
+    unpack_parser.add_argument("--undo-backup", required=True)
+    sub.add_parser("finish").add_argument("--marker", required=True)
+    putback_parser = sub.add_parser("putback")
+    putback_parser.add_argument("--marker", required=True)
+    putback_parser.add_argument("--owner", required=True)
     sub.add_parser("check").add_argument("--archive", required=True)
     scheduled_parser = sub.add_parser("scheduled")
     scheduled_parser.add_argument("--dir", required=True)
@@ -368,7 +448,11 @@ def main() -> int:
         if args.command == "create":
             result = create(args.dest, args.host, args.env_file, args.unit)
         elif args.command == "unpack":
-            result = unpack(args.archive, args.owner, args.env_file, args.backup_dir)
+            result = unpack(args.archive, args.owner, args.env_file, args.backup_dir, args.marker, args.undo_backup)
+        elif args.command == "finish":
+            result = finish(args.marker)
+        elif args.command == "putback":
+            result = putback(args.marker, args.owner)
         elif args.command == "scheduled":
             result = scheduled(args.dir, args.keep, args.host, args.env_file, args.unit)
         elif args.command == "list":

@@ -240,6 +240,7 @@ def backup(dest: str) -> dict[str, Any]:
     if not before["ok"]:
         raise RuntimeError(before["error"])
     files: dict[str, dict[str, Any]] = {}
+    absent: dict[str, str] = {}  # SQLite databases that did not exist yet
     for kind, url in _urls().items():
         path = _sqlite_path(url)
         if path is None:
@@ -252,6 +253,8 @@ def backup(dest: str) -> dict[str, Any]:
                 raise RuntimeError(f"pg_dump failed: {proc.stderr.strip()[-400:]}")
             name = DUMP
         elif not path.exists():
+            # Recorded, so that putting this backup back removes what was created since.
+            absent[kind] = str(path)
             continue
         else:
             name, out = path.name, target / path.name
@@ -272,6 +275,7 @@ def backup(dest: str) -> dict[str, Any]:
         "databases": {kind: {"revision": db["current"], "counts": db["counts"]}
                       for kind, db in before["databases"].items()},
         "files": files,
+        "absent": absent,
     }
     (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     _fsync(target / "manifest.json")
@@ -353,6 +357,10 @@ def restore(source: str, owner: str) -> dict[str, Any]:
                 Path(str(dest) + suffix).unlink(missing_ok=True)
             os.replace(staged, dest)
         restored.append(name)
+    for kind, path in manifest.get("absent", {}).items():  # created after the backup: removed
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(path + suffix).unlink(missing_ok=True)
+        restored.append(f"{kind} (absent)")
     return {"ok": True, "restored": restored, "databases": manifest["databases"]}
 
 
