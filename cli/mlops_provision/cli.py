@@ -92,9 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     _lock_option(backup)
 
     restore = sub.add_parser("restore", help="deploy the archive's MLflow release and put its data in place")
-    restore.add_argument("--from", dest="source", required=True, metavar="ARCHIVE",
+    restore.add_argument("--from", dest="source", metavar="ARCHIVE",
                          help="an archive written by `mlops-provision backup`, or @NAME: a scheduled backup "
                               "on the host (`backup list`)")
+    restore.add_argument("--from-sqlite", dest="from_sqlite", metavar="FILE",
+                         help="adopt a server installed by hand: its SQLite database, a path on the host "
+                              "(stop that server first)")
+    restore.add_argument("--artifacts", dest="adopt_artifacts", metavar="DIR", default="",
+                         help="with --from-sqlite: its artifact directory on the host (its runs' artifact "
+                              "URIs are pointed at the managed store)")
     _server_options(restore)
     _target_options(restore)
     restore.add_argument("--force", dest="replace_data", action="store_true",

@@ -103,8 +103,10 @@ def _run(action: str, args: argparse.Namespace, targets: Targets, extravars: dic
     return result
 
 
-def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, Any]] | None = None) -> int:
-    """deploy, or restore (restore_from: the checked archive and its manifest)."""
+def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, Any]] | None = None,
+           adopt: tuple[str, str] | None = None) -> int:
+    """deploy, or restore (restore_from: the checked archive and its manifest; adopt: the SQLite
+    database and artifact directory of a server installed by hand, on the host)."""
     from mlops_provision import credentials, endpoints, locks, summary, targets
     from mlops_provision import health as health_mod
 
@@ -133,6 +135,9 @@ def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, A
     carried: dict[str, str] = {}  # restore onto another host: the source's admin password
     if restore_from is not None:
         extravars["mlflow_restore_archive"] = str(restore_from[0])
+        extravars["mlflow_restore_force"] = bool(args.replace_data)
+    if adopt is not None:
+        extravars["mlflow_adopt_sqlite"], extravars["mlflow_adopt_artifacts"] = adopt
         extravars["mlflow_restore_force"] = bool(args.replace_data)
 
     def store_credentials(secrets_dir: Path) -> dict[str, str]:
@@ -182,6 +187,13 @@ def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, A
 def restore(args: argparse.Namespace) -> int:
     from mlops_provision import archives
 
+    if bool(args.source) == bool(args.from_sqlite):
+        raise UsageError("restore needs exactly one of --from ARCHIVE (a backup) and --from-sqlite FILE "
+                         "(a server installed by hand)")
+    if args.adopt_artifacts and not args.from_sqlite:
+        raise UsageError("--artifacts goes with --from-sqlite; an archive from --from holds its own artifacts")
+    if args.from_sqlite:
+        return _adopt(args)
     if args.source.startswith("@"):  # a scheduled backup on the host: its summary says what it holds
         if len(args.host) != 1:
             raise UsageError("--from @NAME: name exactly one --host, the one that keeps the backup")
@@ -208,6 +220,19 @@ def restore(args: argparse.Namespace) -> int:
     _to_stderr(f"restoring {Path(str(archive)).name}: {archives.describe(manifest)}; taken on "
                f"{manifest.get('host')} at {manifest.get('created_at')}, MLflow {release}")
     return deploy(args, (archive, manifest))
+
+
+def _adopt(args: argparse.Namespace) -> int:
+    """restore --from-sqlite: the host turns the hand-run server's database and artifact
+    directory into an archive (restore_prepare.yml), then restores it like any other."""
+    if len(args.host) != 1:
+        raise UsageError("--from-sqlite: name exactly one --host, the one that holds the database")
+    for flag, value in (("--from-sqlite", args.from_sqlite), ("--artifacts", args.adopt_artifacts)):
+        if value and (not value.startswith("/") or re.search(r"[\x00-\x1f]|/\.\.?(/|$)", value)):
+            raise UsageError(f"{flag}: {value!r} must be an absolute path on the host, without . or .. parts")
+    _to_stderr(f"adopting {args.from_sqlite}" + (f" and {args.adopt_artifacts}" if args.adopt_artifacts else "")
+               + f" on {args.host[0]} into the managed layout (the originals are only read)")
+    return deploy(args, adopt=(args.from_sqlite, args.adopt_artifacts))
 
 
 def _backup_listing(args: argparse.Namespace) -> RunResult:

@@ -127,7 +127,13 @@ def _restore_lines(dep: Deployment) -> list[str]:
     from mlops_provision.archives import describe
 
     got = dep.restored
-    lines = [f"  restored   {describe(got)}; taken on {got.get('host', '?')} at {got.get('created_at', '?')}"]
+    adopted = got.get("adopted") or {}
+    if adopted:  # restore --from-sqlite: a server installed by hand
+        where = adopted.get("sqlite", "?") + (f" and {adopted['artifacts']}" if adopted.get("artifacts") else "")
+        lines = [f"  adopted    {where}: {describe(got)}; {adopted.get('rewritten_uris', 0)} artifact URIs now "
+                 "point at the managed store (the originals were only read)"]
+    else:
+        lines = [f"  restored   {describe(got)}; taken on {got.get('host', '?')} at {got.get('created_at', '?')}"]
     if dep.backup:
         lines.append(f"             the databases it replaced: {dep.backup} (on the host)")
     if got.get("replaced_artifacts"):

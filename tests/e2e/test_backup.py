@@ -5,7 +5,9 @@ archive, and a restore over data without --force, are refused with nothing chang
 accident (the model deleted, the user removed) `restore --force` from the newest scheduled
 backup brings both back -> a fresh second host restored from the archive here serves the same
 data to the same users -> a restore killed after unpacking (its server never proven) is undone
-by the next plain deploy, which also removes the timer and keeps the archives.
+by the next plain deploy, which also removes the timer and keeps the archives. On a third
+sandbox, a server installed by hand (the classic runbook) is named by a deploy that finds it on
+the port, and `restore --from-sqlite` adopts its runs, model and artifacts.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import tarfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +49,11 @@ def vm() -> Iterator[VM]:
 @pytest.fixture(scope="module")
 def fresh_vm() -> Iterator[VM]:
     yield from VM.up("bak-e2e-2", "debian12")
+
+
+@pytest.fixture(scope="module")
+def hand_vm() -> Iterator[VM]:
+    yield from VM.up("bak-e2e-3", "debian12")
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +218,113 @@ def test_the_next_plain_deploy_puts_back_the_data_from_before_the_killed_restore
     assert left.strip() == ""  # no marker, pushed archive, staged or replaced directory
     assert vm.sh("systemctl list-unit-files mlflow-backup.timer --no-legend", check=False).strip() == ""
     assert len(vm.sh("ls /var/backups/mlflow/scheduled/*.tar.gz").split()) == 2
+
+
+# The classic runbook, as a user of the host: a venv, `mlflow server` on SQLite with its artifacts
+# in ./mlruns, started from the home directory. The wheels come from this machine's wheelhouse
+# (the e2e tests send no traffic beyond loopback and their own networks); systemd-run stands in
+# for nohup so that the server outlives this exec session; it is not mlflow.service.
+HAND_INSTALL = """\
+set -eu
+id op >/dev/null 2>&1 || useradd --create-home op
+mkdir -p /tmp/wh && tar -xf /tmp/wh.tar -C /tmp/wh
+cd /tmp/wh && python3 -m zipfile -e uv-*.whl uvw && install -m 0755 uvw/uv-*.data/scripts/uv /tmp/wh/uv
+runuser -u op -- python3 -m venv --without-pip /home/op/venv
+runuser -u op -- /tmp/wh/uv pip install --quiet --no-index --no-cache --find-links /tmp/wh \\
+  --python /home/op/venv/bin/python mlflow=={version}
+systemd-run --unit hand-mlflow --uid op --working-directory /home/op \\
+  /home/op/venv/bin/mlflow server --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlruns \\
+  --host 0.0.0.0 --port 5000
+"""
+
+# Logged on the host, as the runbook's users do: the client writes artifacts into ./mlruns itself.
+HAND_LOG = """\
+import hashlib, json, os, mlflow
+mlflow.set_tracking_uri("http://127.0.0.1:5000")
+mlflow.set_experiment("handmade")
+with mlflow.start_run() as run:
+    mlflow.log_param("alpha", "0.5")
+    for step in range(10):
+        mlflow.log_metric("loss", 1.0 / (step + 1), step=step)
+    with open("/tmp/weights.bin", "wb") as out:
+        out.write(os.urandom(100_000))
+    mlflow.log_artifact("/tmp/weights.bin")
+client = mlflow.tracking.MlflowClient()
+client.create_registered_model("hand-model")
+client.create_model_version("hand-model", run.info.artifact_uri + "/weights.bin", run.info.run_id)
+print(json.dumps({"run_id": run.info.run_id,
+                  "artifact": hashlib.sha256(open("/tmp/weights.bin", "rb").read()).hexdigest()}))
+"""
+
+HAND_READ = """\
+import hashlib, json, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri({url!r})
+client = MlflowClient()
+run = client.get_run({run_id!r})
+path = client.download_artifacts(run.info.run_id, "weights.bin", {dst!r})
+print(json.dumps({{
+    "alpha": run.data.params.get("alpha"),
+    "steps": [m.step for m in client.get_metric_history(run.info.run_id, "loss")],
+    "artifact_uri": run.info.artifact_uri,
+    "artifact": hashlib.sha256(open(path, "rb").read()).hexdigest(),
+    "models": [m.name for m in client.search_registered_models()],
+}}))
+"""
+
+
+def _pinned_version() -> str:
+    import yaml
+
+    from tests.conftest import ROOT
+
+    return str(yaml.safe_load((ROOT / "roles/mlflow_server/defaults/main.yml").read_text())["mlflow_version"])
+
+
+def test_a_deploy_names_a_server_installed_by_hand_and_the_way_to_adopt_it(hand_vm: VM) -> None:
+    from mlops_provision import paths
+
+    version = _pinned_version()
+    wheelhouse = sorted((paths.cache_dir() / "wheelhouse").glob(f"mlflow-{version}-*-cp311-x86_64-*.tar"))
+    assert wheelhouse, "no wheelhouse for the pinned MLflow: the deploys before this test build one"
+    subprocess.run(["podman", "cp", str(wheelhouse[0]), f"{hand_vm.container}:/tmp/wh.tar"], check=True)
+    hand_vm.sh(HAND_INSTALL.format(version=version))
+    for _ in range(90):
+        if hand_vm.sh("python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:5000/health\")"
+                      ".read().decode())' 2>/dev/null || true").strip() == "OK":
+            break
+        time.sleep(1)
+    out = hand_vm.sh(f"cd /home/op && runuser -u op -- /home/op/venv/bin/python -c '{HAND_LOG}'")
+    DATA.update({"hand_" + k: v for k, v in json.loads(out.strip().splitlines()[-1]).items()})
+    DATA["hand_db"] = hand_vm.digest("/home/op/mlflow.db")
+    proc = cli("deploy", "--host", hand_vm.name, *LEAN)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert f"Port 5000 on {hand_vm.name} is taken by an MLflow server started outside this tool: " in out
+    assert "user op: /home/op/venv/" in out  # its command line
+    assert ("It serves the backend store sqlite:////home/op/mlflow.db and the artifacts in /home/op/mlruns. "
+            in out), out
+    assert (f"To move its runs into this managed server, stop it, then run: mlops-provision restore --host "
+            f"{hand_vm.name} --from-sqlite /home/op/mlflow.db --artifacts /home/op/mlruns (docs/backup-restore.md)."
+            in out), out
+    with urllib.request.urlopen(hand_vm.url + "/health", timeout=10) as answer:  # still serving, untouched
+        assert answer.status == 200
+    assert hand_vm.sh("ls /etc/mlflow 2>/dev/null || true").strip() == ""
+
+
+def test_restore_from_sqlite_adopts_its_runs_model_and_artifacts(hand_vm: VM, tmp_path: Path) -> None:
+    hand_vm.sh("systemctl stop hand-mlflow")
+    proc = cli("restore", "--host", hand_vm.name, *LEAN, "--from-sqlite", "/home/op/mlflow.db",
+               "--artifacts", "/home/op/mlruns")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert re.search(r"  adopted    /home/op/mlflow.db and /home/op/mlruns: 2 experiments, 1 runs, 1 registered "
+                     r"models, 1 artifact files \(0\.1 MB\); [4-9] artifact URIs now point at the managed store",
+                     out), out
+    back = mlflow_client(HAND_READ.format(url=hand_vm.url, run_id=DATA["hand_run_id"], dst=str(tmp_path)),
+                         admin_env(hand_vm))
+    assert back["alpha"] == "0.5" and back["steps"] == list(range(10))
+    assert str(back["artifact_uri"]).startswith("mlflow-artifacts:/")
+    assert back["artifact"] == DATA["hand_artifact"] and back["models"] == ["hand-model"]
+    assert hand_vm.digest("/home/op/mlflow.db") == DATA["hand_db"]  # the original was only read
+    assert hand_vm.sh("ls -R /home/op/mlruns | grep -c weights.bin").strip() == "1"

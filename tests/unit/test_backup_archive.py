@@ -284,3 +284,67 @@ def test_finish_keeps_replaced_artifacts_and_removes_an_empty_replaced_dir(archi
     assert _run(site, empty, "finish", "--marker", str(marker))["replaced_artifacts"] == ""
     assert sorted(p.name for p in (empty / "data").iterdir()) == ["artifacts", "auth.db", "mlflow.db"]
     assert _run(site, empty, "finish", "--marker", str(marker)) == {"ok": True, "finished": False}
+
+
+def _hand_run_server(tmp_path: Path) -> tuple[Path, Path]:
+    """A database and an artifact directory as `mlflow server --default-artifact-root DIR` left them."""
+    home = tmp_path / "home" / "op"
+    root = home / "mlruns"
+    (root / "1" / "r1" / "artifacts").mkdir(parents=True)
+    (root / "1" / "r1" / "artifacts" / "model.pkl").write_bytes(b"weights")
+    db = home / "mlflow.db"
+    _database(db, "alembic_version", "ccc333", {"experiments": 2, "runs": 1})
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE experiments ADD COLUMN artifact_location TEXT")
+        conn.execute("ALTER TABLE runs ADD COLUMN artifact_uri TEXT")
+        conn.execute("CREATE TABLE model_versions (source TEXT, storage_location TEXT)")
+        conn.execute("UPDATE experiments SET artifact_location = ? WHERE rowid = 1", (f"{root}/0",))
+        conn.execute("UPDATE experiments SET artifact_location = ? WHERE rowid = 2", (f"file://{root}/1",))
+        conn.execute("UPDATE runs SET artifact_uri = ?", (f"{root}/1/r1/artifacts",))
+        conn.execute("INSERT INTO model_versions VALUES (?, ?)", (f"{root}/1/r1/artifacts/model", "runs:/r1/model"))
+        conn.execute("INSERT INTO model_versions VALUES (?, ?)", (f"{root}_other/x", "s3://bucket/x"))
+    return db, root
+
+
+def test_adopt_archives_a_hand_run_server_with_its_uris_pointed_at_the_managed_store(site: Path,
+                                                                                      tmp_path: Path) -> None:
+    db, root = _hand_run_server(tmp_path)
+    original = db.read_bytes()
+    dest = tmp_path / "backups" / "incoming-adopt.tar.gz"
+    out = _run(site, tmp_path, "adopt", "--sqlite", str(db), "--artifacts", str(root), "--dest", str(dest),
+               "--host", "vm-a")
+    assert out["adopted"] == {"sqlite": str(db), "artifacts": str(root), "rewritten_uris": 4, "schema": "current"}
+    assert out["artifacts"]["files"] == 1 and db.read_bytes() == original  # the original is only read
+    target = _server(tmp_path, "target")
+    _unpack(site, target, dest, tmp_path)
+    data = target / "data"
+    with sqlite3.connect(data / "mlflow.db") as conn:
+        assert [r[0] for r in conn.execute("SELECT artifact_location FROM experiments ORDER BY rowid")] == [
+            "mlflow-artifacts:/0", "mlflow-artifacts:/1"]
+        assert conn.execute("SELECT artifact_uri FROM runs").fetchone()[0] == "mlflow-artifacts:/1/r1/artifacts"
+        assert conn.execute("SELECT source, storage_location FROM model_versions").fetchall() == [
+            ("mlflow-artifacts:/1/r1/artifacts/model", "runs:/r1/model"), (f"{root}_other/x", "s3://bucket/x")]
+    assert (data / "artifacts" / "1" / "r1" / "artifacts" / "model.pkl").read_bytes() == b"weights"
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    ("missing", "--from-sqlite: {db} is not a file on vm-a"),
+    ("text", "--from-sqlite: {db} is not an SQLite database (file is not a database)"),
+    ("other", "--from-sqlite: {db} is not an MLflow tracking database (no alembic_version or runs table)"),
+    ("newer", "--from-sqlite: {db} is at schema revision zzz999, which MLflow 3.17.2 does not know "
+              "(its head is ccc333): add --mlflow-version with the release that wrote it"),
+])
+def test_adopt_refuses_what_is_not_an_mlflow_database_it_can_serve(site: Path, tmp_path: Path, make: str,
+                                                                    reason: str) -> None:
+    db = tmp_path / "mlflow.db"
+    if make == "text":
+        db.write_text("hello " * 200)
+    elif make == "other":
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE notes (x TEXT)")
+    elif make == "newer":
+        _database(db, "alembic_version", "zzz999", {"runs": 1})
+    out = _run(site, tmp_path, "adopt", "--sqlite", str(db), "--dest", str(tmp_path / "a.tar.gz"), "--host", "vm-a",
+               check=False)
+    assert out == {"ok": False, "error": reason.format(db=db)}
+    assert not (tmp_path / "a.tar.gz").exists()

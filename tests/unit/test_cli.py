@@ -39,6 +39,18 @@ def run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     (["health", "--url", "http://127.0.0.1:9"], 3, ""),
     (["sandbox", "up", "--name", "../etc"], 2, "error: --name '../etc': use 1-31 of a-z 0-9 -"),
     (["deploy", "--frobnicate"], 2, "error: unrecognized arguments: --frobnicate\n"),
+    (["restore", "--host", "vm1"], 2, "error: restore needs exactly one of --from ARCHIVE (a backup) and "
+     "--from-sqlite FILE (a server installed by hand)\n"),
+    (["restore", "--host", "vm1", "--from", "a.tar.gz", "--from-sqlite", "/m.db"], 2,
+     "error: restore needs exactly one of --from ARCHIVE"),
+    (["restore", "--host", "vm1", "--from", "a.tar.gz", "--artifacts", "/srv/mlruns"], 2,
+     "error: --artifacts goes with --from-sqlite; an archive from --from holds its own artifacts\n"),
+    (["restore", "--host", "vm1", "--from-sqlite", "mlflow.db"], 2,
+     "error: --from-sqlite: 'mlflow.db' must be an absolute path on the host, without . or .. parts\n"),
+    (["restore", "--host", "vm1", "--from-sqlite", "/home/op/mlflow.db", "--artifacts", "/home/op/../mlruns"], 2,
+     "error: --artifacts: '/home/op/../mlruns' must be an absolute path on the host, without . or .. parts\n"),
+    (["restore", "--host", "vm1", "--host", "vm2", "--from-sqlite", "/m.db"], 2,
+     "error: --from-sqlite: name exactly one --host, the one that holds the database\n"),
 ])
 def test_exit_code_and_message(tmp_path: Path, args: list[str], code: int, message: str) -> None:
     proc = run(*args, home=tmp_path)

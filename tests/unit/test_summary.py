@@ -217,3 +217,13 @@ def test_a_deploy_that_undid_a_killed_restore_names_the_archive_and_what_came_ba
     assert ("  recovered  a restore of mlflow-backup-vm1-20261201T000000Z.tar.gz did not finish: the data from "
             "before it is back (databases: /var/backups/mlflow/pre-restore-20261201T010000Z; "
             "artifacts: /var/lib/mlflow/artifacts)") in text.splitlines()
+
+
+def test_an_adopted_server_says_what_came_from_where() -> None:
+    text = _deploy(_result(_host(restored={
+        "databases": {"tracking": {"counts": {"experiments": 2, "runs": 3, "registered_models": 0}}},
+        "artifacts": {"copied": True, "files": 4, "bytes": 2_000_000},
+        "adopted": {"sqlite": "/home/op/mlflow.db", "artifacts": "/home/op/mlruns", "rewritten_uris": 6}})))
+    assert ("  adopted    /home/op/mlflow.db and /home/op/mlruns: 2 experiments, 3 runs, 0 registered models, "
+            "4 artifact files (2.0 MB); 6 artifact URIs now point at the managed store (the originals were "
+            "only read)") in text.splitlines()

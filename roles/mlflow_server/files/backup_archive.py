@@ -19,6 +19,10 @@
                                        summary beside it, then remove all but the newest N
                                        (mlflow-backup.timer runs this)
     list   --dir D                     the summaries of the archives in D, newest first
+    adopt --sqlite FILE [--artifacts DIR] --dest FILE --host NAME
+                                       an archive of a server installed by hand: its database
+                                       (artifact URIs under DIR pointed at the managed store)
+                                       and DIR; the originals are only read
 
 What the host runs comes from its environment file (the backend URI, with the PostgreSQL password
 that libpq reads from PGPASSWORD, set for this process only) and the basic-auth configuration that
@@ -37,6 +41,7 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import sys
 import tarfile
 import tempfile
@@ -151,9 +156,10 @@ class _BytesReader:
         return chunk
 
 
-def create(dest: str, host: str, env_file: str, unit: str) -> dict[str, Any]:
+def create(dest: str, host: str, env_file: str, unit: str, env: dict[str, str] | None = None,
+           extra: dict[str, Any] | None = None) -> dict[str, Any]:
     os.umask(0o077)  # the user database's password hashes: root only
-    env = read_env_file(env_file)
+    env = env if env is not None else read_env_file(env_file)
     urls = point_db_schema_at(env)
     target = Path(dest)
     target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -185,13 +191,78 @@ def create(dest: str, host: str, env_file: str, unit: str) -> dict[str, Any]:
                 "host": host, "hostname": socket.gethostname(), "mlflow_version": db["mlflow_version"],
                 "backend": "postgresql" if db_schema.DUMP in db["files"] else "sqlite",
                 "auth": bool(urls["auth"]),
-                "databases": db["databases"], "artifacts": artifacts, "files": files,
+                "databases": db["databases"], "artifacts": artifacts, "files": files, **(extra or {}),
             }
             _add_bytes(tar, "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode(), None)
         db_schema._fsync(partial)
     os.replace(partial, target)
     size = target.stat().st_size
     return {"ok": True, "path": str(target), "size": size, **{k: v for k, v in manifest.items() if k != "files"}}
+
+
+# Where MLflow keeps artifact URIs; each may name the hand-run server's directory.
+ARTIFACT_URI_COLUMNS = [("experiments", "artifact_location", ""), ("runs", "artifact_uri", ""),
+                        ("model_versions", "source", ""), ("model_versions", "storage_location", ""),
+                        ("logged_models", "artifact_location", ""),
+                        ("trace_tags", "value", "key = 'mlflow.artifactLocation'")]
+
+
+def rewrite_artifact_uris(db: Path, root: str) -> int:
+    """Point every artifact URI under root (a plain path or a file: URI, as `mlflow server
+    --default-artifact-root DIR` writes them) at the managed server's proxied store instead:
+    /old/root/1/RUN/artifacts -> mlflow-artifacts:/1/RUN/artifacts, the same tree the archive
+    copies under the server's artifact directory. Returns the number of values changed."""
+    root = root.rstrip("/")
+    changed = 0
+    with sqlite3.connect(db) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table, column, where in ARTIFACT_URI_COLUMNS:
+            if table not in tables or column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+                continue
+            for prefix in (f"file://{root}", f"file:{root}", root):
+                like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+                changed += conn.execute(
+                    f"UPDATE {table} SET {column} = 'mlflow-artifacts:/' || substr({column}, ?) "  # noqa: S608
+                    f"WHERE ({column} = ? OR {column} LIKE ? ESCAPE '\\')" + (f" AND {where}" if where else ""),
+                    (len(prefix) + 2, prefix, like)).rowcount
+    return changed
+
+
+def adopt(sqlite_file: str, artifacts: str, dest: str, host: str) -> dict[str, Any]:
+    """An archive of a server installed by hand (restore --from-sqlite): a consistent copy of its
+    SQLite database with its artifact URIs pointed at the managed store, and its artifact
+    directory. The originals are only read."""
+    source = Path(sqlite_file)
+    if not source.is_absolute() or not source.is_file():
+        raise RuntimeError(f"--from-sqlite: {sqlite_file} is not a file on {host}")
+    if artifacts and (not Path(artifacts).is_absolute() or not Path(artifacts).is_dir()):
+        raise RuntimeError(f"--artifacts: {artifacts} is not a directory on {host}")
+    target = Path(dest)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".adopt-") as tmp:
+        copy = Path(tmp) / "mlflow.db"
+        try:  # the online backup API: the hand-run server may still be writing
+            with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src, sqlite3.connect(copy) as dst:
+                src.backup(dst)
+            with sqlite3.connect(copy) as conn:
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise RuntimeError(f"--from-sqlite: {sqlite_file} is not an SQLite database ({exc})") from exc
+        if "alembic_version" not in tables or "runs" not in tables:
+            raise RuntimeError(f"--from-sqlite: {sqlite_file} is not an MLflow tracking database "
+                               "(no alembic_version or runs table)")
+        rewritten = rewrite_artifact_uris(copy, str(Path(artifacts).resolve())) if artifacts else 0
+        env = {"MLFLOW_BACKEND_STORE_URI": f"sqlite:///{copy}", "MLFLOW_SERVE_ARTIFACTS": "true",
+               "MLFLOW_ARTIFACTS_DESTINATION": artifacts}
+        os.environ.update(MLFLOW_DB_URL=env["MLFLOW_BACKEND_STORE_URI"], MLFLOW_AUTH_DB_URL="")
+        tracking = db_schema.status("")["databases"]["tracking"]
+        if tracking["relation"] == "newer":
+            raise RuntimeError(f"--from-sqlite: {sqlite_file} is at schema revision {tracking['current']}, which "
+                               f"MLflow {db_schema._mlflow_version()} does not know (its head is {tracking['head']}): "
+                               "add --mlflow-version with the release that wrote it")
+        return create(dest, host, "", "/nonexistent", env=env,
+                      extra={"adopted": {"sqlite": sqlite_file, "artifacts": artifacts, "rewritten_uris": rewritten,
+                                         "schema": tracking["relation"]}})
 
 
 def _stamp() -> str:
@@ -443,12 +514,19 @@ def main() -> int:
     scheduled_parser.add_argument("--host", required=True)
     scheduled_parser.add_argument("--unit", default="/etc/systemd/system/mlflow.service")
     sub.add_parser("list").add_argument("--dir", required=True)
+    adopt_parser = sub.add_parser("adopt")
+    adopt_parser.add_argument("--sqlite", required=True)
+    adopt_parser.add_argument("--artifacts", default="")
+    adopt_parser.add_argument("--dest", required=True)
+    adopt_parser.add_argument("--host", required=True)
     args = parser.parse_args()
     try:
         if args.command == "create":
             result = create(args.dest, args.host, args.env_file, args.unit)
         elif args.command == "unpack":
             result = unpack(args.archive, args.owner, args.env_file, args.backup_dir, args.marker, args.undo_backup)
+        elif args.command == "adopt":
+            result = adopt(args.sqlite, args.artifacts, args.dest, args.host)
         elif args.command == "finish":
             result = finish(args.marker)
         elif args.command == "putback":

@@ -111,6 +111,58 @@ def _guess_pid(uid: int, port: int) -> int:
     return 0
 
 
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw.split(b"\0") if b"=" in item)
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(re.findall(r"^PPid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M)[0])
+    except (OSError, IndexError):
+        return 0
+
+
+def _absolute(uri: str, cwd: str) -> str:
+    """A store as the server resolved it: sqlite:///rel and ./dir are relative to its directory."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.normpath(os.path.join(cwd, uri[len("sqlite:///"):]))
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" in uri or ":/" in uri.split("/", 1)[0] + "/":  # another scheme: s3://, mlflow-artifacts:/
+        return uri
+    return os.path.normpath(os.path.join(cwd, uri))
+
+
+def mlflow_stores(pid: int) -> dict[str, str]:
+    """The stores of a hand-started `mlflow server`: its CLI hands them to its workers in
+    _MLFLOW_SERVER_* variables, relative to the directory it was started in."""
+    for _ in range(5):
+        env = _environ(pid)
+        if "_MLFLOW_SERVER_FILE_STORE" in env:
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                cwd = "/"
+            backend = _absolute(env["_MLFLOW_SERVER_FILE_STORE"], cwd)
+            root = _absolute(env.get("_MLFLOW_SERVER_ARTIFACT_ROOT", ""), cwd)
+            # Served artifacts (mlflow-artifacts:/) live in the destination; otherwise the clients
+            # wrote them to the artifact root.
+            served = root.startswith("mlflow-artifacts:")
+            where = (_absolute(env.get("_MLFLOW_SERVER_ARTIFACT_DESTINATION", "./mlartifacts"), cwd)
+                     if served else root)
+            return {"backend": re.sub(r"://([^:/@\s]+):[^@\s]*@", r"://\1:***@", backend),
+                    "artifacts": where, "sqlite": backend[len("sqlite:///"):] if backend.startswith("sqlite:///") else "",
+                    "local_artifacts": where if where.startswith("/") else ""}
+        pid = _parent(pid)
+        if pid <= 1:
+            break
+    return {}
+
+
 def port_owner(port: int, service_user: str = "mlflow") -> dict[str, object]:
     """free, ours (a process of mlflow.service), or foreign (with the program, pid and user)."""
     try:
@@ -140,9 +192,9 @@ def port_owner(port: int, service_user: str = "mlflow") -> dict[str, object]:
         except OSError:
             uid = -1
     cmdline = _masked_cmdline(pid) if pid else ""
+    mlflow = " mlflow " in f" {cmdline} " or "/mlflow server" in cmdline or "mlflow.server" in cmdline
     return {"state": "foreign", "program": name, "pid": pid, "user": _user(uid) if uid >= 0 else "",
-            "cmdline": cmdline,
-            "mlflow": " mlflow " in f" {cmdline} " or "/mlflow server" in cmdline or "mlflow.server" in cmdline}
+            "cmdline": cmdline, "mlflow": mlflow, "stores": mlflow_stores(pid) if mlflow else {}}
 
 
 def state(args: argparse.Namespace) -> dict[str, object]:
