@@ -1,6 +1,8 @@
 """PostgreSQL backend end to end: a project-managed database on the VM, runs and a registered
-model through the real client, rows in PostgreSQL, a password that never leaks, a preflight
-that refuses bad credentials while the old server keeps serving, vault-encrypted secrets.
+model through the real client, rows in PostgreSQL, the upgrade from an older release (pg_dump
+backup, one migration, the data read back), backup and restore, a password that never leaks, a
+preflight that refuses bad credentials while the old server keeps serving, vault-encrypted
+secrets.
 
 The tests run in order against one sandbox and build on each other.
 """
@@ -41,8 +43,13 @@ def vm() -> Iterator[VM]:
     yield from VM.up("e2e-pg", "debian12")
 
 
+# The first deploy installs an older release, so that the pinned one's deploy below is an
+# upgrade on PostgreSQL: pg_dump backup, explicit migration, counts compared.
+OLD, OLD_HEAD, NEW_HEAD = "3.14.0", "b7e4c1a90f23", "dc11669786a5"
+
+
 def test_deploy_with_a_local_postgresql(vm: VM) -> None:
-    proc = deploy(vm, "--backend", "postgresql")
+    proc = deploy(vm, "--backend", "postgresql", "--mlflow-version", OLD)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "backend    postgresql://mlflow:***@127.0.0.1:5432/mlflow" in proc.stdout
     assert "health     OK" in proc.stdout
@@ -77,6 +84,32 @@ print(json.dumps({{"run_id": run.info.run_id, "version": got.version, "metrics":
            "(SELECT count(*) FROM metrics WHERE run_uuid = '{0}' AND key = 'loss') || ' ' || "
            "(SELECT count(*) FROM model_versions WHERE name = 'pg-model')").format(result["run_id"])
     assert vm.sh(f'runuser -u postgres -- psql -d mlflow -tAc "{sql}"').strip() == "1 1 1"
+
+
+def test_the_upgrade_to_the_pinned_release_migrates_postgresql_after_a_pg_dump(vm: VM) -> None:
+    proc = deploy(vm, "--backend", "postgresql")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    backup = re.search(rf"  schema     migrated tracking {OLD_HEAD} → {NEW_HEAD}(?:\n.*)*? "
+                       rf"\(backup: (/var/backups/mlflow/pre-upgrade-\S+-{OLD}-to-\S+)\)", out)
+    assert backup, out
+    manifest = json.loads(vm.sh(f"cat {backup.group(1)}/manifest.json"))
+    assert list(manifest["files"]) == ["mlflow.pgdump"]  # one dump holds the tracking and user tables
+    assert manifest["databases"]["tracking"] == {"revision": OLD_HEAD, "counts": {
+        "experiments": 2, "runs": 1, "metrics": 1, "params": 1, "registered_models": 1, "model_versions": 1}}
+    assert vm.sh(f"stat -c '%a %U' {backup.group(1)}/mlflow.pgdump").strip() == "600 root"
+    assert vm.sh("runuser -u postgres -- psql -d mlflow -tAc 'SELECT version_num FROM alembic_version'"
+                 ).strip() == NEW_HEAD
+    assert _model_versions(vm) == "1"
+    got = mlflow_client(f"""
+import json, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri({vm.url!r})
+runs = mlflow.search_runs(experiment_names=["pg-e2e"], output_format="list")
+print(json.dumps({{"version": MlflowClient().get_model_version("pg-model", "1").version,
+                  "metrics": [r.data.metrics for r in runs]}}))
+""", admin_env(vm))  # the admin logs in: the user tables came through the migration too
+    assert got == {"version": "1", "metrics": [{"loss": 0.125}]}
 
 
 def _model_versions(vm: VM) -> str:

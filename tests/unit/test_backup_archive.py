@@ -316,7 +316,7 @@ def test_adopt_archives_a_hand_run_server_with_its_uris_pointed_at_the_managed_s
     assert out["adopted"] == {"sqlite": str(db), "artifacts": str(root), "rewritten_uris": 4, "schema": "current"}
     assert out["artifacts"]["files"] == 1 and db.read_bytes() == original  # the original is only read
     target = _server(tmp_path, "target")
-    _unpack(site, target, dest, tmp_path)
+    assert _unpack(site, target, dest, tmp_path)["adopted"] == out["adopted"]  # for the summary
     data = target / "data"
     with sqlite3.connect(data / "mlflow.db") as conn:
         assert [r[0] for r in conn.execute("SELECT artifact_location FROM experiments ORDER BY rowid")] == [

@@ -444,7 +444,7 @@ def unpack(archive: str, owner: str, env_file: str, backup_dir: str, marker: str
     return {"ok": True, "restored": restored["restored"], "databases": manifest["databases"],
             "artifacts": manifest["artifacts"], "replaced_artifacts": replaced,
             "mlflow_version": manifest["mlflow_version"], "created_at": manifest["created_at"],
-            "host": manifest["host"]}
+            "host": manifest["host"], "adopted": manifest.get("adopted", {})}
 
 
 def finish(marker: str) -> dict[str, Any]:

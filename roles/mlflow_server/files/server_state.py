@@ -137,16 +137,43 @@ def _absolute(uri: str, cwd: str) -> str:
     return os.path.normpath(os.path.join(cwd, uri))
 
 
+def _cwd(pid: int) -> str:
+    """A process's working directory. Root without CAP_SYS_PTRACE (a container) may not read
+    another user's; that user may."""
+    path = f"/proc/{pid}/cwd"
+    try:
+        return os.readlink(path)
+    except OSError:
+        pass
+    try:
+        info = Path(f"/proc/{pid}").stat()
+        return subprocess.run(["readlink", path], user=info.st_uid, group=info.st_gid, capture_output=True,
+                              text=True, check=False, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _family(pid: int) -> list[int]:
+    """pid, its children (the `mlflow server` CLI listens itself and starts the workers), then
+    its ancestors."""
+    children = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _parent(int(proc.name)) == pid:
+            children.append(int(proc.name))
+    ancestors, up = [], _parent(pid)
+    while up > 1 and len(ancestors) < 4:
+        ancestors.append(up)
+        up = _parent(up)
+    return [pid, *sorted(children), *ancestors]
+
+
 def mlflow_stores(pid: int) -> dict[str, str]:
     """The stores of a hand-started `mlflow server`: its CLI hands them to its workers in
     _MLFLOW_SERVER_* variables, relative to the directory it was started in."""
-    for _ in range(5):
-        env = _environ(pid)
+    for member in _family(pid):  # the first of the family that has them
+        env = _environ(member)
         if "_MLFLOW_SERVER_FILE_STORE" in env:
-            try:
-                cwd = os.readlink(f"/proc/{pid}/cwd")
-            except OSError:
-                cwd = "/"
+            cwd = _cwd(member) or env.get("PWD", "/")
             backend = _absolute(env["_MLFLOW_SERVER_FILE_STORE"], cwd)
             root = _absolute(env.get("_MLFLOW_SERVER_ARTIFACT_ROOT", ""), cwd)
             # Served artifacts (mlflow-artifacts:/) live in the destination; otherwise the clients
@@ -157,9 +184,6 @@ def mlflow_stores(pid: int) -> dict[str, str]:
             return {"backend": re.sub(r"://([^:/@\s]+):[^@\s]*@", r"://\1:***@", backend),
                     "artifacts": where, "sqlite": backend[len("sqlite:///"):] if backend.startswith("sqlite:///") else "",
                     "local_artifacts": where if where.startswith("/") else ""}
-        pid = _parent(pid)
-        if pid <= 1:
-            break
     return {}
 
 

@@ -1,0 +1,72 @@
+"""What server_state.py (roles/mlflow_server/files) reads about a hand-started `mlflow server` on
+the port: its stores, from the variables its CLI hands to its workers, resolved against its
+working directory."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("server_state", ROOT / "roles/mlflow_server/files/server_state.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+state = _load()
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    ("sqlite:///mlflow.db", "sqlite:////home/op/mlflow.db"),
+    ("sqlite:////srv/m.db", "sqlite:////srv/m.db"),
+    ("./mlruns", "/home/op/mlruns"),
+    ("file:///data/mlruns", "/data/mlruns"),
+    ("mlflow-artifacts:/", "mlflow-artifacts:/"),
+    ("s3://bucket/x", "s3://bucket/x"),
+    ("postgresql://u:pw@db/mlflow", "postgresql://u:pw@db/mlflow"),
+])
+def test_a_store_is_resolved_as_the_server_resolved_it(uri: str, expected: str) -> None:
+    assert state._absolute(uri, "/home/op") == expected
+
+
+@pytest.fixture
+def hand_started(tmp_path: Path) -> Iterator[int]:
+    """A parent (the `mlflow server` CLI) whose child has the workers' variables."""
+    proc = subprocess.Popen(
+        ["sh", "-c", "env _MLFLOW_SERVER_FILE_STORE=sqlite:///mlflow.db _MLFLOW_SERVER_ARTIFACT_ROOT=./mlruns "
+                     "sleep 30 & wait"], cwd=tmp_path)
+    time.sleep(0.3)
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def test_the_stores_of_a_hand_started_server_come_from_its_workers(hand_started: int, tmp_path: Path) -> None:
+    assert state.mlflow_stores(hand_started) == {
+        "backend": f"sqlite:///{tmp_path}/mlflow.db", "artifacts": f"{tmp_path}/mlruns",
+        "sqlite": f"{tmp_path}/mlflow.db", "local_artifacts": f"{tmp_path}/mlruns"}
+
+
+def test_served_artifacts_live_in_the_destination(tmp_path: Path) -> None:
+    proc = subprocess.Popen(["sleep", "30"], cwd=tmp_path, env={
+        "_MLFLOW_SERVER_FILE_STORE": "postgresql://mlflow:s3cret@db/mlflow",
+        "_MLFLOW_SERVER_ARTIFACT_ROOT": "mlflow-artifacts:/"})
+    try:
+        time.sleep(0.2)
+        assert state.mlflow_stores(proc.pid) == {
+            "backend": "postgresql://mlflow:***@db/mlflow", "artifacts": f"{tmp_path}/mlartifacts",
+            "sqlite": "", "local_artifacts": f"{tmp_path}/mlartifacts"}
+    finally:
+        proc.kill()
+        proc.wait()
