@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""Benchmark an MLflow upgrade on a sandbox VM; prints numbers, it is not a test.
+"""Benchmark an MLflow upgrade, a backup and a restore on a sandbox VM; prints numbers, it is not a test.
 
 Each run starts a sandbox, deploys MLflow 3.14.0 and fills it through the real client (not
-timed): --runs-per-seed runs of --metrics metric rows each (log_batch, 1,000 per call). Then:
+timed): --runs-per-seed runs of --metrics metric rows each in all (log_batch, 1,000 per call),
+and --artifact-mb MB of artifacts (random, incompressible, 50 MB files, through the server).
+Then, on that data:
 
   failed-upgrade  `deploy --mlflow-version 3.17.2` with a setting only the new server rejects at
                   start: the migration runs, the start fails, the backup is restored and 3.14.0
                   starts again. Seconds of /health not answering 200 (polled every 50 ms from
                   here) and the deploy's duration.
   upgrade         the real upgrade: stop, backup, migrate, start, verify. Outage and duration.
+  backup          `backup --host` to this machine while the server serves: duration, archive
+                  size, and throughput (database + artifact bytes per second).
+  restore         `restore --from ARCHIVE --force` onto the same host: outage and duration.
 
 Medians over --runs are printed last; the sandbox upgrade-bench-<id> is removed after each run.
-  python scripts/bench_upgrade.py [--runs 3] [--metrics 100000] [--json]
+  python scripts/bench_upgrade.py [--runs 3] [--metrics 100000] [--artifact-mb 200] [--json]
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import re
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -46,6 +53,14 @@ for r in range(runs):
         client.log_batch(run.info.run_id, metrics=[Metric("loss", 1.0 / (s + 1), now, s)
                                                     for s in range(start, min(start + 1000, total // runs))])
     client.set_terminated(run.info.run_id)
+import os, tempfile
+with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=exp):
+    for n in range(int(sys.argv[4]) // 50):
+        path = os.path.join(tmp, f"blob-{n}.bin")
+        with open(path, "wb") as out:
+            out.write(os.urandom(50 * 1024 * 1024))
+        mlflow.log_artifact(path)
+        os.unlink(path)
 """
 
 
@@ -62,7 +77,7 @@ def one_run(args: argparse.Namespace, results: dict[str, list[float]]) -> None:
         proc = cli("deploy", "--host", name, "--mlflow-version", OLD)
         assert proc.returncode == 0, proc.stdout[-2000:]
         python = str(Path(CLI).with_name("python"))
-        subprocess.run([python, "-c", SEED, url, str(args.metrics), str(args.runs_per_seed)],
+        subprocess.run([python, "-c", SEED, url, str(args.metrics), str(args.runs_per_seed), str(args.artifact_mb)],
                        env=admin_env(name), check=True, capture_output=True, timeout=3600)
         down, took, rc = outage_during(url, ["deploy", "--host", name, "--mlflow-version", NEW, "-e", BROKEN])
         assert rc == 1, f"the failed upgrade exited {rc}"
@@ -73,7 +88,25 @@ def one_run(args: argparse.Namespace, results: dict[str, list[float]]) -> None:
         results["upgrade_outage_s"].append(down2)
         results["upgrade_deploy_s"].append(took2)
         print(f"failed upgrade: outage {down:.1f} s (deploy {took:.1f} s); upgrade: outage {down2:.1f} s "
-              f"(deploy {took2:.1f} s); {args.metrics} metric rows")
+              f"(deploy {took2:.1f} s); {args.metrics} metric rows", flush=True)
+        with tempfile.TemporaryDirectory() as out:
+            down3, took3, rc = outage_during(url, ["backup", "--host", name, "--output", out])
+            assert rc == 0, f"the backup exited {rc}"
+            archive = next(Path(out).glob("*.tar.gz"))
+            with tarfile.open(archive) as tar:
+                manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
+            data = sum(part["size"] for part in manifest["files"].values())
+            results["backup_s"].append(took3)
+            results["backup_mb_per_s"].append(data / 1e6 / took3)
+            results["archive_mb"].append(archive.stat().st_size / 1e6)
+            down4, took4, rc = outage_during(url, ["restore", "--host", name, "--from", str(archive), "--force"])
+            assert rc == 0, f"the restore exited {rc}"
+            results["restore_outage_s"].append(down4)
+            results["restore_s"].append(took4)
+            results["restore_mb_per_s"].append(data / 1e6 / took4)
+        print(f"backup: {took3:.1f} s for {data / 1e6:.0f} MB ({data / 1e6 / took3:.1f} MB/s; archive "
+              f"{archive.stat().st_size / 1e6:.0f} MB; /health down {down3:.1f} s); restore --force: {took4:.1f} s, "
+              f"outage {down4:.1f} s", flush=True)
     finally:
         cli("sandbox", "down", "--name", name)
 
@@ -83,10 +116,13 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--metrics", type=int, default=100_000)
     parser.add_argument("--runs-per-seed", type=int, default=20)
+    parser.add_argument("--artifact-mb", type=int, default=200)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results: dict[str, list[float]] = {"failed_upgrade_outage_s": [], "failed_upgrade_deploy_s": [],
-                                       "upgrade_outage_s": [], "upgrade_deploy_s": []}
+                                       "upgrade_outage_s": [], "upgrade_deploy_s": [], "backup_s": [],
+                                       "backup_mb_per_s": [], "archive_mb": [], "restore_outage_s": [],
+                                       "restore_s": [], "restore_mb_per_s": []}
     for _ in range(args.runs):
         one_run(args, results)
     medians = {k: round(statistics.median(v), 1) for k, v in results.items() if v}

@@ -13,8 +13,10 @@ the port, and `restore --from-sqlite` adopts its runs, model and artifacts.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import sqlite3
 import subprocess
 import tarfile
 import time
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CLI
 from tests.e2e.conftest import (
     LEAN,
     VM,
@@ -88,12 +91,35 @@ def _outgoing_on_host(vm: VM) -> list[str]:
 
 SCHEDULE = (*LEAN, "--backup-schedule", "daily", "--backup-keep", "2")
 
+# Eight threads, each its own client, log a metric step after step until terminated.
+WRITERS = """\
+import sys, threading, time, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri(sys.argv[1])
+def write(n):
+    client = MlflowClient()
+    for step in range(100_000):
+        client.log_metric(sys.argv[2], f"writer-{n}", float(step), step=step)
+threads = [threading.Thread(target=write, args=(n,), daemon=True) for n in range(8)]
+for t in threads:
+    t.start()
+time.sleep(2)
+print("writing", flush=True)
+time.sleep(600)
+"""
 
-def test_a_server_with_data_backs_up_to_one_checked_archive(vm: VM, archives: Path) -> None:
+
+def test_a_server_with_data_backs_up_to_one_checked_archive(vm: VM, archives: Path, tmp_path: Path) -> None:
     proc = cli("deploy", "--host", vm.name, *SCHEDULE)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     DATA.update(write_real_data(vm, "backup"))
+    # Eight clients keep writing metrics to that run while the backup copies the database.
+    writers = subprocess.Popen([str(Path(CLI).with_name("python")), "-c", WRITERS, vm.url, DATA["run_id"]],
+                               env={**os.environ, **admin_env(vm)}, stdout=subprocess.PIPE, text=True)
+    assert writers.stdout is not None and writers.stdout.readline().strip() == "writing"
     proc = cli("backup", "--host", vm.name, "--output", str(archives))
+    writers.terminate()
+    writers.wait(timeout=30)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert f"{vm.name}: backed up" in out
@@ -118,6 +144,13 @@ def test_a_server_with_data_backs_up_to_one_checked_archive(vm: VM, archives: Pa
     assert password not in out and secret_key not in env_text
     # Nothing is left on the host: the archive was written there once, fetched, removed.
     assert _outgoing_on_host(vm) == []
+    # The copy taken under those writes is a consistent database, with some of their rows.
+    with tarfile.open(DATA["archive"]) as tar:
+        tar.extract("db/mlflow.db", tmp_path, filter="data")
+    with sqlite3.connect(tmp_path / "db" / "mlflow.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        written = conn.execute("SELECT COUNT(*) FROM metrics WHERE key LIKE 'writer-%'").fetchone()[0]
+    assert written > 0 and manifest["databases"]["tracking"]["counts"]["metrics"] == 50 + written
 
 
 def test_a_damaged_archive_is_refused_with_nothing_changed(vm: VM, archives: Path) -> None:

@@ -265,6 +265,8 @@ def backup(dest: str) -> dict[str, Any]:
                 verdict = check.execute("PRAGMA integrity_check").fetchone()[0]
             if verdict != "ok":
                 raise RuntimeError(f"the copy of {path} fails PRAGMA integrity_check: {verdict}")
+            # Counted in the copy: the server may have written rows since `before`.
+            before["databases"][kind] = _read_database(kind, f"sqlite:///{out}")
         _fsync(out)
         files[name] = {"kind": kind, "source": str(path) if path else "postgresql",
                        "size": out.stat().st_size, "sha256": _sha256(out)}
