@@ -1,4 +1,4 @@
-"""Command line: parse, then hand over to commands.py. Imports stay light so --help is instant."""
+"""Command line: parse, then hand over to the commands package. Imports stay light so --help is instant."""
 
 from __future__ import annotations
 

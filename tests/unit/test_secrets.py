@@ -128,6 +128,7 @@ def test_check_mode_hands_the_roles_the_copy(home: Path, monkeypatch: pytest.Mon
     """The run (here its stand-in: a real one needs a host) gets the copy as mlflow_secrets_dir
     and for redaction; what a lookup creates there is gone afterwards."""
     from mlops_provision import runner
+    from mlops_provision.commands._common import run_playbook
     from mlops_provision.targets import Targets
 
     _fill(home / "secrets", ["mlflow-admin-vm1.password"])
@@ -143,7 +144,7 @@ def test_check_mode_hands_the_roles_the_copy(home: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(runner, "run", fake_run)
     args = argparse.Namespace(lock_wait="0", vault_password_file=None, ask_vault_pass=False, check=check,
                               extra_vars=[], limit=None, tags=None, diff=False, verbose=0)
-    commands._run("deploy", args, Targets(pattern="vm1"), {}, [], ["vm1"])
+    run_playbook("deploy", args, Targets(pattern="vm1"), {}, ["vm1"])
     req = seen[0]
     assert (req.secrets_dir == home / "secrets") is not check
     assert req.extravars["mlflow_lock_wait_sec"] == 0

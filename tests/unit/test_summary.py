@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlops_provision import summary
-from mlops_provision.commands import _exit_code
+from mlops_provision.commands._common import exit_code
 from mlops_provision.deployment import Deployment
 from mlops_provision.health import Check, Report
 from mlops_provision.runner import HostResult, RunResult
@@ -42,7 +42,7 @@ def test_a_deploy_with_changes_reads_as_in_the_readme() -> None:
                                      f"  URL        {URL}", "  MLflow     3.17.2"]
     assert "  health     OK (12 ms from this machine)" in text
     assert "  restarted" not in text
-    assert _exit_code(_result(_host())) == 0
+    assert exit_code(_result(_host())) == 0
 
 
 def test_a_second_deploy_is_up_to_date() -> None:
@@ -61,7 +61,7 @@ def test_a_run_that_ended_early_without_failures_is_incomplete_not_deployed() ->
     text = _deploy(result)
     assert text.startswith("vm1: INCOMPLETE (the run ended early; see the log)  [ok=20 ")
     assert "deployed" not in text and "up to date" not in text
-    assert _exit_code(result) == 1
+    assert exit_code(result) == 1
 
 
 def test_another_hosts_failure_does_not_make_a_finished_host_incomplete() -> None:
@@ -81,12 +81,12 @@ def test_an_interrupted_run_says_where_it_stopped_and_exits_130() -> None:
     assert summary.interrupted_message(result) == (
         "interrupted during Configure (task 23: Configure | Render the environment file); "
         "the host may be half-changed: run the same command again to converge")
-    assert _exit_code(result) == 130
+    assert exit_code(result) == 130
 
 
 def test_a_signal_counts_as_an_interrupt_even_when_the_run_got_to_its_end() -> None:
     result = _result(_host(), signalled=True, last_task="Verify | Wait for /health", last_task_number=70)
-    assert result.interrupted and _exit_code(result) == 130
+    assert result.interrupted and exit_code(result) == 130
     assert "deployed" not in _deploy(result)
 
 
@@ -137,7 +137,7 @@ def test_a_lost_host_exits_3() -> None:
     lost = HostResult("vm1", ok=9, unreachable=1, stopped_answering=True,
                       failures=['vm1 stopped answering (SSH) during "Install | Build the venv": Broken pipe'])
     result = _result(lost, rc=4, status="failed")
-    assert _exit_code(result) == 3
+    assert exit_code(result) == 3
     assert 'vm1: UNREACHABLE  [ok=9 changed=0 failed=0 unreachable=1]\n  error      vm1 stopped answering' in \
         _deploy(result)
 

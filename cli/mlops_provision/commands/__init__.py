@@ -1,0 +1,17 @@
+"""One module per subcommand (pipx's commands/ is the model): validated input -> playbook run or
+local action -> output. What several of them share is in _common. The CLI imports this package
+only after parsing, and each handler imports what it needs when it runs, so --help stays fast."""
+
+from __future__ import annotations
+
+import argparse
+
+from mlops_provision.commands import backup, deploy, destroy, health, render, restore, sandbox, user
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    handler = {
+        "deploy": deploy.deploy, "render": render.render, "health": health.health, "destroy": destroy.destroy,
+        "sandbox": sandbox.sandbox, "user": user.user, "backup": backup.backup, "restore": restore.restore,
+    }[args.command]
+    return handler(args)

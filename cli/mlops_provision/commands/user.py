@@ -1,0 +1,73 @@
+"""user list/add/passwd/remove/admin-password: a deployed server's users, through its REST API,
+logging in with the admin password kept in this machine's secrets store."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from mlops_provision.commands._common import secret_store
+from mlops_provision.errors import EXIT_OK, UsageError
+
+
+def user(args: argparse.Namespace) -> int:
+    from mlops_provision import endpoints, users
+    from mlops_provision import health as health_mod
+
+    known = endpoints.lookup(args.host)
+    if known is None:
+        raise UsageError(f"--host {args.host}: no deploy from this machine recorded it; deploy it first "
+                         "(the user commands log in with the admin password kept here)")
+    if not known.auth_user:
+        raise UsageError(f"--host {args.host}: deployed with --auth none, so it has no users; "
+                         "deploy again without --auth none to turn basic auth on")
+    username = getattr(args, "username", "")
+    if username and not re.match(r"^[A-Za-z0-9_.@-]{1,64}$", username):
+        raise UsageError(f"username {username!r}: use 1-64 of A-Z a-z 0-9 _ . @ -")
+    new_password = ""
+    if args.user_command in ("add", "passwd"):
+        if args.password_stdin:
+            new_password = sys.stdin.readline().rstrip("\n")
+            if len(new_password) < 12 or re.search(r"[\x00-\x1f\x7f]", new_password):
+                raise UsageError("--password-stdin: the password needs 12 or more characters on one line")
+        else:
+            new_password = users.generate_password()
+    if args.user_command == "remove" and username == known.auth_user:
+        raise UsageError(f"{username} is the admin user this tool logs in with; it cannot be removed here")
+    with secret_store(args).session() as secrets_dir:
+        admin_password = known.password(secrets_dir)
+        if not admin_password:
+            raise UsageError(f"the admin password of {args.host} is not in the secrets store on this machine")
+        if args.user_command == "admin-password":
+            print(admin_password)
+            return EXIT_OK
+        try:
+            client = health_mod.Client(known.url, 30,
+                                       health_mod.Access(known.auth_user, admin_password, known.ca_file))
+        except ValueError as exc:
+            raise UsageError(f"--host {args.host}: {exc}") from None
+        if args.user_command == "list":
+            rows = users.list_users(client)
+            print(f"{'USER':<32} ADMIN")
+            for row in sorted(rows, key=lambda r: str(r.get("username"))):
+                print(f"{row.get('username', ''):<32} {'yes' if row.get('is_admin') else 'no'}")
+        elif args.user_command == "add":
+            users.add(client, username, new_password)
+            print(f"user {username} created on {args.host}" + ("" if args.password_stdin else
+                  f"; password (shown once, not kept): {new_password}"), flush=True)
+            if args.admin:
+                users.make_admin(client, username)
+                print(f"user {username} is an admin")
+        elif args.user_command == "passwd":
+            own = username == known.auth_user
+            users.set_password(client, username, new_password, admin_password if own else "")
+            if own:  # the tool logs in with it: keep the new one
+                known.set_password(secrets_dir, new_password)
+            print(f"password of {username} changed on {args.host}" + (
+                "; kept in the secrets store" if own else
+                "" if args.password_stdin else f"; new password (shown once, not kept): {new_password}"))
+        elif args.user_command == "remove":
+            users.remove(client, username)
+            print(f"user {username} removed from {args.host}")
+    return EXIT_OK
