@@ -1,12 +1,22 @@
 #!/usr/bin/env python3
-"""What basic auth costs per request: latency of GET /version and of logging one metric
-(POST runs/log-metric), with auth on (the default), with auth on and a 60 s login cache
-(mlflow_auth_cache_ttl_sec=60) and with --auth none, on one sandbox.
+"""What basic auth costs, on one sandbox, side by side in one run. Prints numbers; it is not a
+test (exit 1 only when a deploy or a request failed).
 
-Prints numbers; it is not a test (exit 1 only when a deploy or a request failed). Each figure
-is the median (and 90th percentile) of --requests sequential requests from this machine,
-after --warmup requests. The sandbox is bench-auth-<id> and is removed at the end. Usage:
-  python scripts/bench_auth.py [--requests 50] [--distro debian12] [--json]
+Latency (--requests sequential requests from this machine after --warmup, median and 90th
+percentile) of GET /version and of logging one metric, and throughput under load (--clients
+threads, each looping log-batch of 10 metrics with a runs/search every 10th call, for
+--seconds; requests per second, p50 and p95 latency, errors), for:
+
+  default        this tool's default deploy: basic auth with the 30 s login cache
+  no cache       basic auth with mlflow_auth_cache_ttl_sec=0 (every request hashes the password)
+  auth none      --auth none
+  plain mlflow   `mlflow server --backend-store-uri sqlite:///mlflow.db` with MLflow's defaults,
+                 installed by hand on the same VM after `destroy --purge-data` (load only)
+
+and the goal ratios of the issue on auth cost: default/auth-none throughput (>= 0.85) and p50
+(<= 1.2x), default/plain throughput (>= 1.3), errors of the default at 2x --clients (0).
+The sandbox is bench-auth-<id> and is removed at the end. Usage:
+  python scripts/bench_auth.py [--requests 50] [--clients 16] [--seconds 20] [--distro debian12] [--json]
 """
 
 from __future__ import annotations
@@ -78,36 +88,111 @@ def measure(api: Api, requests: int, warmup: int) -> dict[str, dict[str, float]]
             "POST runs/log-metric": timed(log_metric, requests, warmup)}
 
 
+def load(api: Api, clients: int, seconds: float) -> dict[str, float]:
+    """clients threads, each looping log-batch (10 metrics) with a runs/search every 10th call."""
+    import threading
+
+    exp = json.loads(api.call("POST", "/api/2.0/mlflow/experiments/create",
+                              {"name": f"bench-load-{uuid.uuid4().hex[:8]}"}))["experiment_id"]
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    end = time.monotonic() + seconds
+
+    def client() -> None:
+        run = json.loads(api.call("POST", "/api/2.0/mlflow/runs/create",
+                                  {"experiment_id": exp, "start_time": int(time.time() * 1000)}))["run"]["info"]
+        n = 0
+        while time.monotonic() < end:
+            began = time.perf_counter()
+            try:
+                if n % 10 == 9:
+                    api.call("POST", "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp], "max_results": 10})
+                else:
+                    now = int(time.time() * 1000)
+                    api.call("POST", "/api/2.0/mlflow/runs/log-batch", {"run_id": run["run_id"], "metrics": [
+                        {"key": f"m{k}", "value": 0.5, "timestamp": now, "step": n} for k in range(10)]})
+                with lock:
+                    latencies.append((time.perf_counter() - began) * 1000)
+            except Exception:  # noqa: BLE001 - counted, not raised
+                with lock:
+                    errors[0] += 1
+            n += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    latencies.sort()
+    return {"req_per_s": round(len(latencies) / seconds, 1),
+            "p50_ms": round(statistics.median(latencies), 1) if latencies else 0.0,
+            "p95_ms": round(latencies[int(len(latencies) * 0.95) - 1], 1) if latencies else 0.0,
+            "errors": errors[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--distro", default="debian12", choices=["debian12", "debian13"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     os.environ.setdefault("CONTAINERS_CONF", str(REPO / "cli/mlops_provision/sandbox/containers.conf"))
+    from hand_install import install_and_start  # scripts/, beside this file
+
+    from mlops_provision import paths
+
     name = f"bench-auth-{uuid.uuid4().hex[:6]}"
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    latency: dict[str, dict[str, dict[str, float]]] = {}
+    loads: dict[str, dict[str, float]] = {}
     try:
         up = cli("sandbox", "up", "--name", name, "--distro", args.distro).stdout
         base = re.search(r"published at (http://127\.0\.0\.1:\d+)", up).group(1)  # type: ignore[union-attr]
         cli("deploy", "--host", name)
         password = cli("user", "admin-password", "--host", name).stdout.strip()
-        results["auth on (basic)"] = measure(Api(base, "admin", password), args.requests, args.warmup)
-        cli("deploy", "--host", name, "-e", "mlflow_auth_cache_ttl_sec=60")
-        results["auth on, 60 s login cache"] = measure(Api(base, "admin", password), args.requests, args.warmup)
+        admin = Api(base, "admin", password)
+        latency["default (30 s login cache)"] = measure(admin, args.requests, args.warmup)
+        loads["default (30 s login cache)"] = load(admin, args.clients, args.seconds)
+        loads[f"default, {2 * args.clients} clients"] = load(admin, 2 * args.clients, args.seconds)
+        cli("deploy", "--host", name, "-e", "mlflow_auth_cache_ttl_sec=0")
+        latency["auth, no login cache"] = measure(admin, args.requests, args.warmup)
+        loads["auth, no login cache"] = load(admin, args.clients, args.seconds)
         cli("deploy", "--host", name, "--auth", "none")
-        results["auth off (--auth none)"] = measure(Api(base), args.requests, args.warmup)
+        latency["auth none"] = measure(Api(base), args.requests, args.warmup)
+        loads["auth none"] = load(Api(base), args.clients, args.seconds)
+        cli("destroy", "--host", name, "--yes", "--purge-data")
+        install_and_start(f"mlops-sandbox-{name}", paths.cache_dir())
+        loads["plain mlflow server (defaults)"] = load(Api(base), args.clients, args.seconds)
     finally:
         subprocess.run([CLI, "sandbox", "down", "--name", name], capture_output=True, check=False)
+    default, none = loads["default (30 s login cache)"], loads["auth none"]
+    plain = loads["plain mlflow server (defaults)"]
+    ratios = {
+        "default / auth none, throughput (goal >= 0.85)": round(default["req_per_s"] / none["req_per_s"], 2),
+        "default / auth none, p50 (goal <= 1.2)": round(default["p50_ms"] / none["p50_ms"], 2),
+        "default / plain mlflow, throughput (goal >= 1.3)": round(default["req_per_s"] / plain["req_per_s"], 2),
+        f"default errors at {2 * args.clients} clients (goal 0)":
+            loads[f"default, {2 * args.clients} clients"]["errors"],
+    }
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps({"latency": latency, "load": loads, "ratios": ratios}, indent=2))
         return 0
-    print(f"{'request':<22} {'auth':<24} {'median':>9} {'p90':>9}   ({args.requests} requests, {args.distro})")
+    print(f"{'request':<22} {'server':<28} {'median':>9} {'p90':>9}   ({args.requests} requests, {args.distro})")
     for request in ("GET /version", "POST runs/log-metric"):
-        for mode, numbers in results.items():
+        for mode, numbers in latency.items():
             row = numbers[request]
-            print(f"{request:<22} {mode:<24} {row['median_ms']:>7.1f}ms {row['p90_ms']:>7.1f}ms")
+            print(f"{request:<22} {mode:<28} {row['median_ms']:>7.1f}ms {row['p90_ms']:>7.1f}ms")
+    print(f"\n{'under load':<34} {'req/s':>8} {'p50':>9} {'p95':>9} {'errors':>7}   "
+          f"({args.clients} clients, {args.seconds:.0f} s)")
+    for mode, row in loads.items():
+        print(f"{mode:<34} {row['req_per_s']:>8.1f} {row['p50_ms']:>7.1f}ms {row['p95_ms']:>7.1f}ms "
+              f"{row['errors']:>7.0f}")
+    print()
+    for label, value in ratios.items():
+        print(f"{label:<52} {value}")
     return 0
 
 

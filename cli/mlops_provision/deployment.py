@@ -73,6 +73,7 @@ class Deployment:
     auth: str = ""
     auth_user: str = ""
     auth_realm: str = ""
+    auth_cache_ttl: int = 0  # seconds a worker may accept a changed or removed password
     allow_from: list[str] = field(default_factory=list)
     firewall: str = "unmanaged"
     artifact_kind: str = ""
@@ -102,6 +103,7 @@ class Deployment:
             auth=_str(get("auth")),
             auth_user=_str(get("auth_user")),
             auth_realm=_str(get("auth_realm")),
+            auth_cache_ttl=_int(get("auth_cache_ttl"), 0),
             allow_from=_list(get("allow_from")),
             firewall=_str(get("firewall")) or "unmanaged",
             artifact_kind=_str(get("artifact_kind")),

@@ -20,6 +20,7 @@ class Endpoint:
     auth_user: str = ""  # empty: --auth none
     auth_realm: str = ""
     ca_file: str = ""  # a self-signed certificate fetched from the host
+    auth_cache_ttl: int = 0  # the login cache: how long other workers may accept an old password
 
     def password(self, secrets_dir: Path) -> str | None:
         """The admin password the role generated (Ansible's password lookup file), if any."""
@@ -55,7 +56,8 @@ def lookup(host: str) -> Endpoint | None:
 
 def record(host: str, url: str, deployment: dict[str, Any], ca_file: str = "") -> Endpoint:
     endpoint = Endpoint(url=url, auth_user=str(deployment.get("auth_user") or ""),
-                        auth_realm=str(deployment.get("auth_realm") or ""), ca_file=ca_file)
+                        auth_realm=str(deployment.get("auth_realm") or ""), ca_file=ca_file,
+                        auth_cache_ttl=int(deployment.get("auth_cache_ttl") or 0))
     entries = {name: asdict(e) for name, e in load_all().items()}
     entries[host] = asdict(endpoint)
     partial = _file().with_suffix(".partial")

@@ -19,12 +19,12 @@ import signal
 import sqlite3
 import subprocess
 import tarfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scripts.hand_install import install_and_start
 
 from tests.conftest import CLI
 from tests.e2e.conftest import (
@@ -253,23 +253,6 @@ def test_the_next_plain_deploy_puts_back_the_data_from_before_the_killed_restore
     assert len(vm.sh("ls /var/backups/mlflow/scheduled/*.tar.gz").split()) == 2
 
 
-# The classic runbook, as a user of the host: a venv, `mlflow server` on SQLite with its artifacts
-# in ./mlruns, started from the home directory. The wheels come from this machine's wheelhouse
-# (the e2e tests send no traffic beyond loopback and their own networks); systemd-run stands in
-# for nohup so that the server outlives this exec session; it is not mlflow.service.
-HAND_INSTALL = """\
-set -eu
-id op >/dev/null 2>&1 || useradd --create-home op
-mkdir -p /tmp/wh && tar -xf /tmp/wh.tar -C /tmp/wh
-cd /tmp/wh && python3 -m zipfile -e uv-*.whl uvw && install -m 0755 uvw/uv-*.data/scripts/uv /tmp/wh/uv
-runuser -u op -- python3 -m venv --without-pip /home/op/venv
-runuser -u op -- /tmp/wh/uv pip install --quiet --no-index --no-cache --find-links /tmp/wh \\
-  --python /home/op/venv/bin/python mlflow=={version}
-systemd-run --unit hand-mlflow --uid op --working-directory /home/op \\
-  /home/op/venv/bin/mlflow server --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlruns \\
-  --host 0.0.0.0 --port 5000
-"""
-
 # Logged on the host, as the runbook's users do: the client writes artifacts into ./mlruns itself.
 HAND_LOG = """\
 import hashlib, json, os, mlflow
@@ -306,27 +289,12 @@ print(json.dumps({{
 """
 
 
-def _pinned_version() -> str:
-    import yaml
-
-    from tests.conftest import ROOT
-
-    return str(yaml.safe_load((ROOT / "roles/mlflow_server/defaults/main.yml").read_text())["mlflow_version"])
-
-
 def test_a_deploy_names_a_server_installed_by_hand_and_the_way_to_adopt_it(hand_vm: VM) -> None:
     from mlops_provision import paths
 
-    version = _pinned_version()
-    wheelhouse = sorted((paths.cache_dir() / "wheelhouse").glob(f"mlflow-{version}-*-cp311-x86_64-*.tar"))
-    assert wheelhouse, "no wheelhouse for the pinned MLflow: the deploys before this test build one"
-    subprocess.run(["podman", "cp", str(wheelhouse[0]), f"{hand_vm.container}:/tmp/wh.tar"], check=True)
-    hand_vm.sh(HAND_INSTALL.format(version=version))
-    for _ in range(90):
-        if hand_vm.sh("python3 -c 'import urllib.request as u; print(u.urlopen(\"http://127.0.0.1:5000/health\")"
-                      ".read().decode())' 2>/dev/null || true").strip() == "OK":
-            break
-        time.sleep(1)
+    # The classic runbook: `mlflow server --backend-store-uri sqlite:///mlflow.db
+    # --default-artifact-root ./mlruns` as a login user, from its home directory.
+    install_and_start(hand_vm.container, paths.cache_dir(), "--default-artifact-root ./mlruns")
     out = hand_vm.sh(f"cd /home/op && runuser -u op -- /home/op/venv/bin/python -c '{HAND_LOG}'")
     DATA.update({"hand_" + k: v for k, v in json.loads(out.strip().splitlines()[-1]).items()})
     DATA["hand_db"] = hand_vm.digest("/home/op/mlflow.db")

@@ -11,6 +11,7 @@ import os
 import re
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -57,6 +58,22 @@ def status(url: str, user: str = "", password: str = "", host: str = "", cafile:
         return 0
 
 
+def _refused_by_every_worker(vm: VM, logins: list[tuple[str, str]], since: float, limit: float = 60) -> float:
+    """Seconds from since until three rounds in a row of 16 concurrent requests per login (spread
+    over every worker) all get 401."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clean = 0
+    with ThreadPoolExecutor(16) as pool:
+        while time.monotonic() - since < limit:
+            codes = list(pool.map(lambda login: status(vm.url + PROTECTED, *login), logins * 16))
+            clean = clean + 1 if set(codes) == {401} else 0
+            if clean == 3:
+                return time.monotonic() - since
+            time.sleep(0.5)
+    raise AssertionError(f"{logins[0][0]}'s old login still accepted {limit} s after the change")
+
+
 def admin_password(vm: VM) -> str:
     return admin_env(vm)["MLFLOW_TRACKING_PASSWORD"]
 
@@ -98,28 +115,34 @@ print(json.dumps({{"metrics": mlflow.get_run(run.info.run_id).data.metrics}}))
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"(?m)^admin +yes$", proc.stdout) and re.search(r"(?m)^alice +no$", proc.stdout)
 
+    # The login cache (30 s by default): a changed password works at once; the old one is
+    # refused by every worker within those 30 s. Both changes first, then one wait.
     proc = subprocess.run([CLI, "user", "passwd", "--host", vm.name, "alice", "--password-stdin"],
                           input="a-new-password-for-alice\n", capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert status(vm.url + PROTECTED, "alice", alice) == 401
+    changed = time.monotonic()
+    assert ("the old password is refused from now on by the worker that made the change and by every worker "
+            "within 30 s (the login cache, mlflow_auth_cache_ttl_sec)") in proc.stdout
+    assert status(vm.url + PROTECTED, "alice", "a-new-password-for-alice") == 200
+    old = admin_password(vm)  # rotating the admin password keeps the new one for the tool itself
+    proc = cli("user", "passwd", "--host", vm.name, "admin")
+    assert proc.returncode == 0, proc.stderr
+    assert "kept in the secrets store" in proc.stdout and old not in proc.stdout
+    assert status(vm.url + PROTECTED, "admin", admin_password(vm)) == 200
+    ADMIN_PASSWORDS.append(admin_password(vm))
+    took = _refused_by_every_worker(vm, [("alice", alice), ("admin", old)], changed)
+    print(f"old passwords refused by every worker {took:.1f} s after the change")
+    assert took <= 30 + 3
     assert status(vm.url + PROTECTED, "alice", "a-new-password-for-alice") == 200
 
     proc = cli("user", "remove", "--host", vm.name, "alice")
     assert proc.returncode == 0, proc.stderr
-    assert status(vm.url + PROTECTED, "alice", "a-new-password-for-alice") == 401
+    took = _refused_by_every_worker(vm, [("alice", "a-new-password-for-alice")], time.monotonic())
+    assert took <= 30 + 3
 
     proc = cli("user", "remove", "--host", vm.name, "admin")
     assert proc.returncode == 2
     assert "admin is the admin user this tool logs in with; it cannot be removed here" in proc.stderr
-
-    # Rotating the admin password keeps the new one for the tool itself.
-    old = admin_password(vm)
-    proc = cli("user", "passwd", "--host", vm.name, "admin")
-    assert proc.returncode == 0, proc.stderr
-    assert "kept in the secrets store" in proc.stdout and old not in proc.stdout
-    assert status(vm.url + PROTECTED, "admin", old) == 401
-    assert status(vm.url + PROTECTED, "admin", admin_password(vm)) == 200
-    ADMIN_PASSWORDS.append(admin_password(vm))
     assert cli("health", "--host", vm.name).returncode == 0
     # The next deploy writes the rotated password into basic_auth.ini (where it would recreate the
     # admin if the user database were ever lost), verifies the login with it, and is healthy.

@@ -110,7 +110,8 @@ def _check_health(args: argparse.Namespace, result: RunResult, resolved: Targets
         ca_file = (str(ca) if dep.tls == "self-signed" and ca.is_file()
                    else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", "") if dep.tls else "")
         endpoint = endpoints.record(name, resolved.url(name, dep.port, dep.scheme),
-                                    {"auth_user": dep.auth_user, "auth_realm": dep.auth_realm}, ca_file)
+                                    {"auth_user": dep.auth_user, "auth_realm": dep.auth_realm,
+                                     "auth_cache_ttl": dep.auth_cache_ttl}, ca_file)
         if carried and dep.restored:
             endpoint.set_password(secrets_dir, carried)
         urls[name] = endpoint.url

@@ -67,7 +67,17 @@ def user(args: argparse.Namespace) -> int:
             print(f"password of {username} changed on {args.host}" + (
                 "; kept in the secrets store" if own else
                 "" if args.password_stdin else f"; new password (shown once, not kept): {new_password}"))
+            print(_cache_note(known.auth_cache_ttl, "the old password"))
         elif args.user_command == "remove":
             users.remove(client, username)
             print(f"user {username} removed from {args.host}")
+            print(_cache_note(known.auth_cache_ttl, "its password"))
     return EXIT_OK
+
+
+def _cache_note(ttl: int, what: str) -> str:
+    """The login cache's bound on revocation (mlflow_auth_cache_ttl_sec), said every time."""
+    if ttl <= 0:
+        return f"{what} is refused from now on (no login cache)"
+    return (f"{what} is refused from now on by the worker that made the change and by every worker "
+            f"within {ttl} s (the login cache, mlflow_auth_cache_ttl_sec)")
