@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mlops_provision import derive
 from mlops_provision.errors import UsageError
 
 # kind -> (environment variable, role variable); s3 needs both keys, wasbs one of its two.
@@ -27,10 +28,10 @@ ENVIRONMENT = {
 
 
 def artifact_kind(values: Mapping[str, Any]) -> str:
-    store = str(values["mlflow_artifacts_destination"] if values["mlflow_serve_artifacts"]
-                else (values["mlflow_default_artifact_root"] or values["mlflow_artifacts_destination"]))
-    scheme = store.split("://", 1)[0] if "://" in store else "local"
-    return scheme if scheme in ("s3", "wasbs", "gs", "sftp") else "local"
+    """local, s3, wasbs, gs or sftp, as the role derives _mlflow_artifact_kind."""
+    return derive.artifact_kind(derive.artifact_store(values["mlflow_serve_artifacts"],
+                                                      values["mlflow_default_artifact_root"],
+                                                      values["mlflow_artifacts_destination"]))
 
 
 def _file_name(env_name: str) -> str:

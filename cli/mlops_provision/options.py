@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlops_provision import derive
 from mlops_provision.errors import UsageError
 
-MIN_SAFE_MLFLOW = (3, 14)  # earlier 3.x servers have published CVEs
+# Earlier releases have published server CVEs; the role's preflight holds the same floor.
+MIN_SAFE_MLFLOW = derive.MIN_SAFE_MLFLOW_VERSION
 _HOST_PATTERN = re.compile(r"^[A-Za-z0-9.*:\[\]_-]{1,253}$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -161,11 +163,15 @@ def check_version(label: str, value: str, values: Mapping[str, Any]) -> None:
     m = re.match(r"^(\d+)\.(\d+)\.(\d+)$", value)
     if not m:
         raise UsageError(f"{label}: {value!r} is not a release number; e.g. 3.17.2")
-    if tuple(int(p) for p in m.groups()[:2]) < MIN_SAFE_MLFLOW and not values.get("_allow_insecure"):
+    if _release(value) < _release(MIN_SAFE_MLFLOW) and not values.get("_allow_insecure"):
         raise UsageError(
             f"{label}: MLflow {value} has known server vulnerabilities; use "
-            f"{MIN_SAFE_MLFLOW[0]}.{MIN_SAFE_MLFLOW[1]}.0 or newer, or pass --allow-insecure-version"
+            f"{MIN_SAFE_MLFLOW} or newer, or pass --allow-insecure-version"
         )
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def check_networks(label: str, value: list[str], values: Mapping[str, Any]) -> None:
@@ -267,4 +273,4 @@ OPTIONS: tuple[Option, ...] = (
 
 
 def _redact_uri(value: str) -> str:
-    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", value)
+    return derive.redact_uri(value)

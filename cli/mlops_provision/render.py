@@ -11,14 +11,18 @@ from typing import Any
 
 import jinja2
 
-from mlops_provision import paths
+from mlops_provision import derive, paths
 from mlops_provision.spec import DeploySpec
 
 TEMPLATES = {"mlflow.service": "mlflow.service.j2", "mlflow.env": "mlflow.env.j2",
              "basic_auth.ini": "basic_auth.ini.j2"}
 MASK = "********"
-# Without --allowed-hosts each host computes its own list from its names and addresses.
-LOCAL_ONLY_HOSTS = ["localhost", "127.0.0.1", "localhost:*", "127.0.0.1:*"]
+# Without --allowed-hosts each host computes its own list from its names and addresses; render
+# knows only these.
+LOCAL_NAMES = ["localhost", "127.0.0.1"]
+LOCAL_ONLY_HOSTS = list(derive.allowed_hosts([], LOCAL_NAMES))
+# Artifact-store credentials: taken from the controller at deploy time, so render masks them.
+STORE_SECRETS = ("s3_access_key_id", "s3_secret_access_key", "azure_connection_string", "azure_account_key")
 
 
 def _environment() -> jinja2.Environment:
@@ -32,55 +36,43 @@ def _environment() -> jinja2.Environment:
 
 
 def backend_uri(values: dict[str, Any]) -> str:
-    """The backend store URI, derived as the role derives _mlflow_backend_uri (vars/main.yml).
+    """The backend store URI, derived by the role's own function (derive.backend_uri).
 
     A project-managed PostgreSQL's password is generated on the control node at deploy time,
-    so it always shows masked here.
+    so it always shows masked here; its address is 127.0.0.1 unless mlflow_postgresql_host
+    names it (the address of an mlflow_db host is known only from that host's facts).
     """
-    if values["mlflow_backend_store_uri"]:
-        return str(values["mlflow_backend_store_uri"])
-    if values["mlflow_backend"] == "postgresql":
-        host = values["mlflow_postgresql_host"] or "127.0.0.1"
-        return (f"postgresql://{values['mlflow_postgresql_user']}:{MASK}@{host}:"
-                f"{values['mlflow_postgresql_port']}/{values['mlflow_postgresql_database']}")
-    return f"sqlite:///{values['mlflow_data_dir']}/mlflow.db"
+    managed = derive.postgresql_uri(values["mlflow_postgresql_user"], MASK,
+                                    values["mlflow_postgresql_host"] or "127.0.0.1",
+                                    values["mlflow_postgresql_port"], values["mlflow_postgresql_database"],
+                                    quote_password=False)
+    return derive.backend_uri(values["mlflow_backend_store_uri"], values["mlflow_backend"],
+                              values["mlflow_data_dir"], managed)
 
 
 def store_env(values: dict[str, Any]) -> dict[str, str]:
-    """Artifact-store settings for the env file, as the role derives _mlflow_store_env. Keys and
-    connection strings come from the controller at deploy time, so render shows them masked."""
-    env = {
-        "AWS_DEFAULT_REGION": values["mlflow_s3_region"],
-        "MLFLOW_S3_ENDPOINT_URL": values["mlflow_s3_endpoint_url"],
-        "AWS_CA_BUNDLE": values["mlflow_s3_ca_bundle"],
-        "MLFLOW_S3_IGNORE_TLS": "true" if values["mlflow_s3_ignore_tls"] else "",
-        "GOOGLE_APPLICATION_CREDENTIALS": (f"{values['mlflow_config_dir']}/gcs-credentials.json"
-                                           if values["mlflow_gcs_credentials_file"] else ""),
-    }
-    for var, name in (("mlflow_s3_access_key_id", "AWS_ACCESS_KEY_ID"),
-                      ("mlflow_s3_secret_access_key", "AWS_SECRET_ACCESS_KEY"),
-                      ("mlflow_azure_connection_string", "AZURE_STORAGE_CONNECTION_STRING"),
-                      ("mlflow_azure_account_key", "AZURE_STORAGE_ACCESS_KEY")):
-        env[name] = MASK if values.get(var) else ""
-    return {k: str(v) for k, v in env.items() if v}
-
-
-def auth_db_uri(values: dict[str, Any], backend: str) -> str:
-    """Where basic auth keeps its users, as the role derives _mlflow_auth_db_uri."""
-    if backend.startswith("postgresql"):
-        return "postgresql+psycopg2://" + backend.split("://", 1)[1]
-    return f"sqlite:///{values['mlflow_data_dir']}/auth.db"
+    """Artifact-store settings for the env file, by the role's own function (derive.store_env),
+    with the keys and connection strings masked."""
+    masked = {name: MASK if values.get(f"mlflow_{name}") else "" for name in STORE_SECRETS}
+    env = derive.store_env(values["mlflow_config_dir"], s3_region=values["mlflow_s3_region"],
+                           s3_endpoint_url=values["mlflow_s3_endpoint_url"], s3_ca_bundle=values["mlflow_s3_ca_bundle"],
+                           s3_ignore_tls=values["mlflow_s3_ignore_tls"],
+                           gcs_credentials_file=values["mlflow_gcs_credentials_file"], **masked)
+    return {name: str(value) for name, value in env.items()}
 
 
 def render_files(spec: DeploySpec, *, mask_secrets: bool = True) -> dict[str, str]:
     variables: dict[str, Any] = dict(spec.effective)
-    variables["_mlflow_allowed_hosts"] = variables["mlflow_allowed_hosts"] or LOCAL_ONLY_HOSTS
+    # The role's vars/main.yml values the templates use, by the same functions (derive).
+    variables["_mlflow_allowed_hosts"] = derive.allowed_hosts(variables["mlflow_allowed_hosts"] or [], LOCAL_NAMES)
     variables["_mlflow_backend_uri"] = backend_uri(variables)
     variables["_mlflow_store_env"] = store_env(variables)
-    variables["_mlflow_listen_address"] = "127.0.0.1" if variables["mlflow_tls"] else variables["mlflow_bind_address"]
+    variables["_mlflow_listen_address"] = derive.listen_address(variables["mlflow_bind_address"],
+                                                                variables["mlflow_tls"])
     # Basic auth: the admin password and the CSRF key are generated on the control node at deploy time.
-    variables["_mlflow_auth_config"] = f"{variables['mlflow_config_dir']}/basic_auth.ini"
-    variables["_mlflow_auth_db_uri"] = auth_db_uri(variables, variables["_mlflow_backend_uri"])
+    variables["_mlflow_auth_config"] = derive.auth_config_path(variables["mlflow_config_dir"])
+    variables["_mlflow_auth_db_uri"] = derive.auth_db_uri(variables["_mlflow_backend_uri"],
+                                                          variables["mlflow_data_dir"])
     variables["mlflow_auth_admin_password"] = MASK
     variables["mlflow_auth_secret_key"] = MASK
     env = _environment()

@@ -137,3 +137,47 @@ def test_a_percent_in_a_database_password_survives_configparser() -> None:
     auth = configparser.ConfigParser()
     auth.read_string(files["basic_auth.ini"])
     assert auth["mlflow"]["database_uri"] == "postgresql+psycopg2://u:p%25w%40rd@db:5432/mlflow"
+
+
+def test_s3_settings_render_and_its_keys_are_masked() -> None:
+    spec = build_spec({"artifacts_destination": "s3://bucket1/mlflow", "s3_endpoint_url": "https://s3.example:8333",
+                       "s3_ca_bundle": "/etc/ssl/private-ca.pem", "s3_ignore_tls": True}, environ={})
+    spec.defaults.update(mlflow_s3_access_key_id="AKIA-KEY", mlflow_s3_secret_access_key="se/cr+et",
+                         mlflow_s3_region="eu-west-1")
+    env = _env_lines(render_files(spec, mask_secrets=False)["mlflow.env"])
+    assert {name: env[name] for name in env if name.startswith(("AWS_", "MLFLOW_S3_"))} == {
+        "AWS_ACCESS_KEY_ID": "********", "AWS_SECRET_ACCESS_KEY": "********", "AWS_DEFAULT_REGION": "eu-west-1",
+        "MLFLOW_S3_ENDPOINT_URL": "https://s3.example:8333", "AWS_CA_BUNDLE": "/etc/ssl/private-ca.pem",
+        "MLFLOW_S3_IGNORE_TLS": "true"}
+
+
+def test_azure_and_gcs_settings_render() -> None:
+    spec = build_spec({"serve_artifacts": False,
+                       "default_artifact_root": "wasbs://mlflow@acct1.blob.core.windows.net/a"}, environ={})
+    spec.defaults.update(mlflow_azure_connection_string="DefaultEndpointsProtocol=https;AccountKey=k==")
+    env = _env_lines(render_files(spec, mask_secrets=False)["mlflow.env"])
+    assert env["AZURE_STORAGE_CONNECTION_STRING"] == "********" and "AZURE_STORAGE_ACCESS_KEY" not in env
+    spec = build_spec({"artifacts_destination": "gs://bucket/x", "gcs_credentials_file": "/tmp/sa.json"}, environ={})
+    env = _env_lines(render_files(spec)["mlflow.env"])
+    assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/etc/mlflow/gcs-credentials.json"
+    assert not [name for name in env if name.startswith(("AWS_", "AZURE_"))]
+
+
+def test_managed_postgresql_on_a_named_host() -> None:
+    spec = build_spec({"backend": "postgresql"}, environ={})
+    spec.defaults.update(mlflow_postgresql_host="db.internal", mlflow_postgresql_port=6543,
+                         mlflow_postgresql_database="ml")
+    files = render_files(spec)
+    assert 'MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://mlflow:********@db.internal:6543/ml"\n' \
+        in files["mlflow.env"]
+    auth = configparser.ConfigParser()
+    auth.read_string(files["basic_auth.ini"])
+    assert auth["mlflow"]["database_uri"] == "postgresql+psycopg2://mlflow:********@db.internal:6543/ml"
+
+
+def test_allowed_hosts_default_to_the_local_names_with_any_port() -> None:
+    env = _env_lines(render_files(build_spec({}, environ={}))["mlflow.env"])
+    assert env["MLFLOW_SERVER_ALLOWED_HOSTS"] == "localhost,127.0.0.1,localhost:*,127.0.0.1:*"
+    given = build_spec({"allowed_hosts": "mlflow.example.com,mlflow.example.com:*"}, environ={})
+    env = _env_lines(render_files(given)["mlflow.env"])
+    assert env["MLFLOW_SERVER_ALLOWED_HOSTS"] == "mlflow.example.com,mlflow.example.com:*"

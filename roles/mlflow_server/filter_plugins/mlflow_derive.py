@@ -1,0 +1,220 @@
+"""The values the role derives from its public variables, in one place: the filters of
+vars/main.yml and the CLI's `render` (cli/mlops_provision/derive.py loads this file by path).
+
+Plain functions on plain values, standard library only, so that the control node's Python
+evaluates them the same way for a deploy and for a render. Where a value used to be a Jinja
+expression the function reproduces it exactly, including Ansible's filters it relied on:
+`urlsplit` (which reads every component, so a bad port is an error) and `urlencode` (quote, '/'
+kept, then replaced by %2F); the password is decoded as SQLAlchemy decodes it (a + stays a +).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import SplitResult, quote, unquote, urlsplit
+
+# Releases before this one have published server CVEs: preflight refuses them, and so does the
+# CLI's --mlflow-version check, unless mlflow_allow_insecure_version / --allow-insecure-version.
+MIN_SAFE_MLFLOW_VERSION = "3.14.0"
+
+# A PostgreSQL on these hosts is the MLflow host's own, whatever the URI calls it.
+LOCAL_DB_HOSTS = ("127.0.0.1", "localhost", "::1")
+DEFAULT_POSTGRESQL_PORT = 5432
+ARTIFACT_KINDS = ("s3", "wasbs", "gs", "sftp")  # remote stores; anything else is "local"
+
+
+def _split(uri: str) -> SplitResult:
+    parts = urlsplit(str(uri))
+    parts.port  # noqa: B018 - raises ValueError for a bad port, as Ansible's urlsplit filter does
+    return parts
+
+
+def min_safe_version(_: Any = None) -> str:
+    """The oldest MLflow release a deploy accepts without mlflow_allow_insecure_version."""
+    return MIN_SAFE_MLFLOW_VERSION
+
+
+# --- backend store ---------------------------------------------------------------------------
+
+def postgresql_uri(user: str, password: Any, host: str, port: Any, database: str, *,
+                   quote_password: bool = True) -> str:
+    """The managed PostgreSQL's URI. The password is percent-encoded, '/' included, so that any
+    character survives; quote_password=False puts it in as given (a mask)."""
+    secret = quote(str(password), safe="") if quote_password else str(password)
+    return f"postgresql://{user}:{secret}@{host}:{port}/{database}"
+
+
+def sqlite_uri(data_dir: str, name: str = "mlflow.db") -> str:
+    return f"sqlite:///{data_dir}/{name}"
+
+
+def managed_postgresql(stored_uri: str, backend: str) -> bool:
+    """True when the backend is the project's own PostgreSQL: no URI given, backend postgresql."""
+    return not stored_uri and backend == "postgresql"
+
+
+def backend_uri(stored_uri: str, backend: str, data_dir: str, managed_uri: str | None = None) -> str:
+    """The backend store URI the server gets: the given one verbatim, else the managed
+    PostgreSQL's (managed_uri, from postgresql_uri(); needed only when managed_postgresql() is
+    true), else SQLite in data_dir."""
+    if stored_uri:
+        return str(stored_uri)
+    if managed_postgresql(stored_uri, backend):
+        if managed_uri is None:
+            raise ValueError("mlflow_backend_uri: backend postgresql needs the managed PostgreSQL's URI")
+        return managed_uri
+    return sqlite_uri(data_dir)
+
+
+def backend_kind(uri: str) -> str:
+    """postgresql or sqlite: the backend/ task file and the database tools to use."""
+    return "postgresql" if str(uri).startswith("postgresql") else "sqlite"
+
+
+def db_url_nopass(uri: str) -> str:
+    """The URI without its password (for `mlflow db upgrade` and the scripts, which get the
+    password in PGPASSWORD); a SQLite URI or one without a password is returned as it is."""
+    return re.sub(r"^(postgresql[^:]*://[^:/@]+):[^@]*@", r"\1@", str(uri))
+
+
+def db_url_psycopg2(uri: str) -> str:
+    """The password-less URI with SQLAlchemy's psycopg2 driver named."""
+    return re.sub(r"^postgresql://", "postgresql+psycopg2://", db_url_nopass(uri))
+
+
+def db_password(uri: str) -> str:
+    """The password in the URI, percent-decoded the way SQLAlchemy and libpq read it ('+' is a
+    literal plus in userinfo, not a space: Ansible's urldecode got that wrong); empty when
+    there is none."""
+    return unquote(_split(uri).password or "")
+
+
+def redact_uri(uri: str) -> str:
+    """The URI with each password replaced by ***, for summaries and messages."""
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", str(uri))
+
+
+# --- basic auth ------------------------------------------------------------------------------
+
+def auth_db_uri(uri: str, data_dir: str) -> str:
+    """Where basic auth keeps its users: the PostgreSQL backend itself (its tables live beside
+    MLflow's), else auth.db beside the tracking data."""
+    if backend_kind(uri) == "postgresql":
+        return "postgresql+psycopg2://" + str(uri).split("://", 1)[1]
+    return sqlite_uri(data_dir, "auth.db")
+
+
+def schema_auth_db_url(uri: str, auth: str, data_dir: str) -> str:
+    """The user database for db_schema.py, without a password: none without basic auth; with
+    PostgreSQL the tracking database itself."""
+    if auth != "basic":
+        return ""
+    return db_url_nopass(uri) if backend_kind(uri) == "postgresql" else auth_db_uri(uri, data_dir)
+
+
+def auth_realm(uri: str, inventory_hostname: str) -> str:
+    """The name of the user database, under which the admin password is kept on the control
+    node: the host for SQLite or a PostgreSQL on the host itself (however its URI names it),
+    else pg-HOST-PORT-DB, so every server sharing one PostgreSQL shares the admin password."""
+    if backend_kind(uri) != "postgresql":
+        return inventory_hostname
+    parts = _split(uri)
+    hostname = parts.hostname or ""
+    if hostname in LOCAL_DB_HOSTS:
+        return inventory_hostname
+    database = re.sub(r"^/", "", parts.path)
+    realm = f"pg-{hostname}-{parts.port or DEFAULT_POSTGRESQL_PORT}-{database}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", realm)
+
+
+def auth_config_path(config_dir: str) -> str:
+    return f"{config_dir}/basic_auth.ini"
+
+
+# --- artifact store --------------------------------------------------------------------------
+
+def artifact_store(serve_artifacts: Any, default_artifact_root: str, artifacts_destination: str) -> str:
+    """The store the server (serving artifacts) or its clients write to."""
+    if serve_artifacts:
+        return artifacts_destination
+    return default_artifact_root or artifacts_destination
+
+
+def artifact_kind(store: str) -> str:
+    """local, s3, wasbs, gs or sftp: the artifacts/ task file and the credentials needed."""
+    match = re.match(rf"({'|'.join(ARTIFACT_KINDS)})://", str(store))
+    return match.group(1) if match else "local"
+
+
+def gcs_credentials_path(config_dir: str) -> str:
+    return f"{config_dir}/gcs-credentials.json"
+
+
+def store_env(config_dir: str, *, s3_access_key_id: Any = "", s3_secret_access_key: Any = "",
+              s3_region: Any = "", s3_endpoint_url: Any = "", s3_ca_bundle: Any = "", s3_ignore_tls: Any = False,
+              azure_connection_string: Any = "", azure_account_key: Any = "",
+              gcs_credentials_file: Any = "") -> dict[str, Any]:
+    """The artifact store's settings and credentials for the environment file, by environment
+    variable; empty values are left out. The keyword names are the role variables' without
+    their mlflow_ prefix."""
+    env = {
+        "AWS_ACCESS_KEY_ID": s3_access_key_id,
+        "AWS_SECRET_ACCESS_KEY": s3_secret_access_key,
+        "AWS_DEFAULT_REGION": s3_region,
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint_url,
+        "AWS_CA_BUNDLE": s3_ca_bundle,
+        "MLFLOW_S3_IGNORE_TLS": "true" if s3_ignore_tls else "",
+        "AZURE_STORAGE_CONNECTION_STRING": azure_connection_string,
+        "AZURE_STORAGE_ACCESS_KEY": azure_account_key,
+        "GOOGLE_APPLICATION_CREDENTIALS": gcs_credentials_path(config_dir) if gcs_credentials_file else "",
+    }
+    return {name: value for name, value in env.items() if value}
+
+
+# --- network ---------------------------------------------------------------------------------
+
+def listen_address(bind_address: str, tls: Any) -> str:
+    """With TLS nginx is the only way in, so MLflow listens on loopback."""
+    return "127.0.0.1" if tls else bind_address
+
+
+def with_any_port(names: Sequence[str]) -> list[str]:
+    """Each name bare and with any port, as MLflow matches the Host header with its port."""
+    return [*names, *(f"{name}:*" for name in names)]
+
+
+def allowed_hosts(explicit: Sequence[str], names: Sequence[str]) -> Sequence[str]:
+    """MLflow's Host header allowlist (MLflow >= 3.5 refuses other Host headers): the given one
+    as it is, else the names with_any_port(). The role reads the host's names (facts) only
+    when no list is given, so it calls with_any_port() itself."""
+    return explicit if len(explicit) > 0 else with_any_port(names)
+
+
+FILTERS: Mapping[str, Any] = {
+    "mlflow_min_safe_version": min_safe_version,
+    "mlflow_managed_postgresql": managed_postgresql,
+    "mlflow_postgresql_uri": postgresql_uri,
+    "mlflow_backend_uri": backend_uri,
+    "mlflow_backend_kind": backend_kind,
+    "mlflow_db_url_nopass": db_url_nopass,
+    "mlflow_db_url_psycopg2": db_url_psycopg2,
+    "mlflow_db_password": db_password,
+    "mlflow_redact_uri": redact_uri,
+    "mlflow_auth_db_uri": auth_db_uri,
+    "mlflow_schema_auth_db_url": schema_auth_db_url,
+    "mlflow_auth_realm": auth_realm,
+    "mlflow_auth_config_path": auth_config_path,
+    "mlflow_artifact_store": artifact_store,
+    "mlflow_artifact_kind": artifact_kind,
+    "mlflow_gcs_credentials_path": gcs_credentials_path,
+    "mlflow_store_env": store_env,
+    "mlflow_listen_address": listen_address,
+    "mlflow_with_any_port": with_any_port,
+}
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return dict(FILTERS)

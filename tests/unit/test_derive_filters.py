@@ -1,0 +1,332 @@
+"""The role's derivations (roles/mlflow_server/filter_plugins/mlflow_derive.py): the filters of
+vars/main.yml and the functions the CLI's `render`, version check and credentials use."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import string
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import ROOT
+
+ROLE = ROOT / "roles" / "mlflow_server"
+PLUGIN = ROLE / "filter_plugins" / "mlflow_derive.py"
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+d = _load(PLUGIN, "mlflow_derive_filters")
+
+PG = "postgresql://mlflow:pw@db.example.com:5432/mlflow"
+SQLITE = "sqlite:////var/lib/mlflow/mlflow.db"
+
+
+# --- the plugin and its two users -------------------------------------------------------------
+
+def test_the_plugin_is_plain_python_without_ansible() -> None:
+    tree = ast.parse(PLUGIN.read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"__future__", "re", "collections", "typing", "urllib"}, imported
+
+
+def test_every_filter_vars_main_uses_exists_and_every_filter_is_used() -> None:
+    filters = d.FilterModule().filters()
+    assert all(name.startswith("mlflow_") for name in filters)
+    text = (ROLE / "vars" / "main.yml").read_text()
+    used = set(re.findall(r"\|\s*(mlflow_[a-z0-9_]+)", text))
+    assert used <= set(filters), used - set(filters)
+    assert set(filters) == used, set(filters) - used  # and none is left unwired
+
+
+def test_the_cli_uses_the_same_file() -> None:
+    from mlops_provision import derive, options, render
+
+    assert Path(derive._plugin.__file__) == PLUGIN
+    assert options.MIN_SAFE_MLFLOW == d.MIN_SAFE_MLFLOW_VERSION
+    assert render.LOCAL_ONLY_HOSTS == ["localhost", "127.0.0.1", "localhost:*", "127.0.0.1:*"]
+
+
+# --- the minimum safe version ------------------------------------------------------------------
+
+def test_one_minimum_safe_version_for_the_role_and_the_cli() -> None:
+    from mlops_provision.errors import UsageError
+    from mlops_provision.options import check_version
+
+    assert re.fullmatch(r"\d+\.\d+\.\d+", d.MIN_SAFE_MLFLOW_VERSION)
+    assert d.min_safe_version("") == d.MIN_SAFE_MLFLOW_VERSION
+    major, minor, _ = (int(p) for p in d.MIN_SAFE_MLFLOW_VERSION.split("."))
+    check_version("--mlflow-version", d.MIN_SAFE_MLFLOW_VERSION, {})
+    check_version("--mlflow-version", f"{major}.{minor}.7", {})
+    check_version("--mlflow-version", f"{major + 1}.0.0", {})
+    with pytest.raises(UsageError, match=f"use {re.escape(d.MIN_SAFE_MLFLOW_VERSION)} or newer"):
+        check_version("--mlflow-version", f"{major}.{minor - 1}.99", {})
+    check_version("--mlflow-version", f"{major}.{minor - 1}.99", {"_allow_insecure": True})
+    assert "_mlflow_min_safe_version" in (ROLE / "tasks" / "preflight.yml").read_text()
+    assert d.MIN_SAFE_MLFLOW_VERSION not in (ROLE / "vars" / "main.yml").read_text()
+
+
+# --- backend store URI -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("stored", "backend", "managed"), [
+    ("", "postgresql", True), ("", "sqlite", False), (PG, "postgresql", False), (PG, "sqlite", False),
+])
+def test_managed_postgresql_only_without_a_given_uri(stored: str, backend: str, managed: bool) -> None:
+    assert d.managed_postgresql(stored, backend) is managed
+
+
+@pytest.mark.parametrize(("password", "encoded"), [
+    ("abcXYZ019", "abcXYZ019"),
+    ("p@ss:w/rd%", "p%40ss%3Aw%2Frd%25"),  # every URI delimiter, and the percent sign itself
+    ("a+b c&d=e?f#g", "a%2Bb%20c%26d%3De%3Ff%23g"),
+    ("-._~", "-._~"),  # unreserved characters stay
+    ("ä€", "%C3%A4%E2%82%AC"),  # UTF-8
+    ("%2F", "%252F"),  # an encoded-looking password is encoded again, not taken as encoded
+])
+def test_managed_postgresql_uri_percent_encodes_the_whole_password(password: str, encoded: str) -> None:
+    uri = d.postgresql_uri("mlflow", password, "10.0.0.5", 5432, "mlflow")
+    assert uri == f"postgresql://mlflow:{encoded}@10.0.0.5:5432/mlflow"
+    assert d.db_password(uri) == password
+    assert d.auth_realm(uri, "vm1") == "pg-10.0.0.5-5432-mlflow"
+
+
+def test_every_printable_password_survives_the_round_trip() -> None:
+    password = string.printable.strip() + " é"
+    uri = d.postgresql_uri("u", password, "db", 6543, "d")
+    assert d.db_password(uri) == password
+    assert d.db_url_nopass(uri) == "postgresql://u@db:6543/d"
+    assert d.redact_uri(uri) == "postgresql://u:***@db:6543/d"
+
+
+def test_managed_postgresql_uri_takes_host_port_and_mask_as_given() -> None:
+    assert d.postgresql_uri("mlflow", 12345678, "db", "6543", "ml") == "postgresql://mlflow:12345678@db:6543/ml"
+    # An IPv6 address must come bracketed (mlflow_postgresql_host: "[fd00::5]"); it is used verbatim.
+    ipv6 = d.postgresql_uri("mlflow", "pw", "[fd00::5]", 5432, "mlflow")
+    assert ipv6 == "postgresql://mlflow:pw@[fd00::5]:5432/mlflow"
+    assert d.auth_realm(ipv6, "vm1") == "pg-fd00__5-5432-mlflow"
+    masked = d.postgresql_uri("mlflow", "********", "127.0.0.1", 5432, "mlflow", quote_password=False)
+    assert masked == "postgresql://mlflow:********@127.0.0.1:5432/mlflow"
+
+
+@pytest.mark.parametrize(("stored", "backend", "expected"), [
+    ("", "sqlite", SQLITE),
+    ("", "postgresql", "postgresql://mlflow:x@127.0.0.1:5432/mlflow"),
+    (PG, "sqlite", PG),  # a given URI is used verbatim, whatever mlflow_backend says
+    (PG, "postgresql", PG),
+    ("sqlite:////var/lib/mlflow/other.db", "sqlite", "sqlite:////var/lib/mlflow/other.db"),
+])
+def test_backend_uri(stored: str, backend: str, expected: str) -> None:
+    managed = "postgresql://mlflow:x@127.0.0.1:5432/mlflow"
+    assert d.backend_uri(stored, backend, "/var/lib/mlflow", managed) == expected
+
+
+def test_backend_uri_in_another_data_dir_and_without_the_managed_uri() -> None:
+    assert d.backend_uri("", "sqlite", "/srv/ml flow") == "sqlite:////srv/ml flow/mlflow.db"
+    with pytest.raises(ValueError, match="managed PostgreSQL"):
+        d.backend_uri("", "postgresql", "/var/lib/mlflow")
+
+
+@pytest.mark.parametrize(("uri", "kind"), [
+    (PG, "postgresql"), ("postgresql+psycopg2://u:p@h/db", "postgresql"), (SQLITE, "sqlite"),
+    ("POSTGRESQL://u@h/db", "sqlite"),  # as the role's `is match('postgresql')`: case-sensitive
+])
+def test_backend_kind(uri: str, kind: str) -> None:
+    assert d.backend_kind(uri) == kind
+
+
+# --- the password-less URL, the password, the display form ----------------------------------------
+
+@pytest.mark.parametrize(("uri", "nopass"), [
+    (PG, "postgresql://mlflow@db.example.com:5432/mlflow"),
+    ("postgresql://u:p%40ss%3Aw%2Frd%25@db:5432/m?sslmode=require", "postgresql://u@db:5432/m?sslmode=require"),
+    ("postgresql+psycopg2://u:pw@[fd00::1]:5432/m", "postgresql+psycopg2://u@[fd00::1]:5432/m"),
+    ("postgresql://u@db:5432/m", "postgresql://u@db:5432/m"),  # no password: unchanged
+    ("postgresql://db:5432/m", "postgresql://db:5432/m"),  # no user: the port is not a password
+    ("postgresql://u:p@ss@db/m", "postgresql://u@ss@db/m"),  # a raw @ (refused by the CLI) ends the password
+    (SQLITE, SQLITE),
+])
+def test_db_url_nopass(uri: str, nopass: str) -> None:
+    assert d.db_url_nopass(uri) == nopass
+
+
+def test_db_url_psycopg2_names_the_driver_without_the_password() -> None:
+    assert d.db_url_psycopg2(PG) == "postgresql+psycopg2://mlflow@db.example.com:5432/mlflow"
+    assert d.db_url_psycopg2("postgresql+psycopg2://u:p@h/db") == "postgresql+psycopg2://u@h/db"
+    assert d.db_url_psycopg2(SQLITE) == SQLITE
+
+
+@pytest.mark.parametrize(("uri", "password"), [
+    (PG, "pw"),
+    ("postgresql://u:p%40ss%3Aw%2Frd%25x@db:5432/m", "p@ss:w/rd%x"),
+    ("postgresql://u:a+b@db/m", "a+b"),  # a literal plus, as SQLAlchemy reads it (not urldecode's space)
+    ("postgresql://u:a%2Bb@db/m", "a+b"),
+    ("postgresql://u@db/m", ""),
+    ("postgresql://u:@db/m", ""),
+    ("postgresql://u:pw@[::1]:5432/m", "pw"),
+    (SQLITE, ""),
+])
+def test_db_password(uri: str, password: str) -> None:
+    assert d.db_password(uri) == password
+
+
+def test_a_bad_port_is_an_error_as_with_ansibles_urlsplit() -> None:
+    with pytest.raises(ValueError):
+        d.db_password("postgresql://u:pw@db:99999/m")
+    with pytest.raises(ValueError):
+        d.auth_realm("postgresql://u:pw@db:port/m", "vm1")
+
+
+@pytest.mark.parametrize(("uri", "shown"), [
+    (PG, "postgresql://mlflow:***@db.example.com:5432/mlflow"),
+    ("postgresql://u:p%40ss@[fd00::1]/m", "postgresql://u:***@[fd00::1]/m"),
+    ("postgresql://u@db/m", "postgresql://u@db/m"),
+    (SQLITE, SQLITE),
+])
+def test_redact_uri(uri: str, shown: str) -> None:
+    assert d.redact_uri(uri) == shown
+
+
+def test_the_clis_messages_redact_the_same_way() -> None:
+    from mlops_provision.options import _redact_uri
+
+    assert _redact_uri(PG) == d.redact_uri(PG)
+
+
+# --- basic auth: the user database and its realm ----------------------------------------------
+
+@pytest.mark.parametrize(("uri", "auth_db"), [
+    (PG, "postgresql+psycopg2://mlflow:pw@db.example.com:5432/mlflow"),  # the tracking database itself
+    ("postgresql+psycopg2://u:p%25@h/db", "postgresql+psycopg2://u:p%25@h/db"),
+    (SQLITE, "sqlite:////var/lib/mlflow/auth.db"),
+])
+def test_auth_db_uri(uri: str, auth_db: str) -> None:
+    assert d.auth_db_uri(uri, "/var/lib/mlflow") == auth_db
+
+
+@pytest.mark.parametrize(("uri", "auth", "url"), [
+    (PG, "basic", "postgresql://mlflow@db.example.com:5432/mlflow"),
+    (SQLITE, "basic", "sqlite:////var/lib/mlflow/auth.db"),
+    (PG, "none", ""),
+    (SQLITE, "none", ""),
+])
+def test_schema_auth_db_url_has_no_password(uri: str, auth: str, url: str) -> None:
+    assert d.schema_auth_db_url(uri, auth, "/var/lib/mlflow") == url
+
+
+@pytest.mark.parametrize(("uri", "realm"), [
+    (SQLITE, "vm1"),
+    ("postgresql://u:pw@127.0.0.1:5432/mlflow", "vm1"),  # the host's own PostgreSQL, however named
+    ("postgresql://u:pw@localhost/mlflow", "vm1"),
+    ("postgresql://u:pw@LocalHost:5433/other", "vm1"),  # host names are compared lower-cased
+    ("postgresql://u:pw@[::1]:5432/mlflow", "vm1"),
+    (PG, "pg-db.example.com-5432-mlflow"),
+    ("postgresql+psycopg2://u:pw@DB.Example.com/mlflow?sslmode=require", "pg-db.example.com-5432-mlflow"),
+    ("postgresql://u:pw@db:6543/ml%20flow", "pg-db-6543-ml_20flow"),
+    ("postgresql://u:pw@[FD00::1]:5433/mlflow", "pg-fd00__1-5433-mlflow"),
+    ("postgresql://u:pw@db:5432/", "pg-db-5432-"),
+    ("postgresql://u:pw@db:5432/a/b", "pg-db-5432-a_b"),
+])
+def test_auth_realm_names_the_user_database(uri: str, realm: str) -> None:
+    assert d.auth_realm(uri, "vm1") == realm
+
+
+def test_servers_sharing_one_postgresql_share_one_realm() -> None:
+    assert d.auth_realm(PG, "vm1") == d.auth_realm(PG, "vm2")
+    assert d.auth_realm(SQLITE, "vm1") != d.auth_realm(SQLITE, "vm2")
+
+
+def test_fixed_paths() -> None:
+    assert d.auth_config_path("/etc/mlflow") == "/etc/mlflow/basic_auth.ini"
+    assert d.gcs_credentials_path("/etc/mlflow") == "/etc/mlflow/gcs-credentials.json"
+
+
+# --- artifact store ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("serve", "root", "destination", "store"), [
+    (True, "", "/var/lib/mlflow/artifacts", "/var/lib/mlflow/artifacts"),
+    (True, "s3://b/root", "/var/lib/mlflow/artifacts", "/var/lib/mlflow/artifacts"),  # served: the destination
+    (False, "wasbs://c@a.blob.core.windows.net/p", "/var/lib/mlflow/artifacts", "wasbs://c@a.blob.core.windows.net/p"),
+    (False, "", "/var/lib/mlflow/artifacts", "/var/lib/mlflow/artifacts"),
+])
+def test_artifact_store(serve: bool, root: str, destination: str, store: str) -> None:
+    assert d.artifact_store(serve, root, destination) == store
+
+
+@pytest.mark.parametrize(("store", "kind"), [
+    ("/var/lib/mlflow/artifacts", "local"), ("file:///var/lib/mlflow/a", "local"), ("mlflow-artifacts:/", "local"),
+    ("s3://bucket/prefix", "s3"), ("wasbs://c@acct.blob.core.windows.net/p", "wasbs"), ("gs://bucket/p", "gs"),
+    ("sftp://user@host/srv/a", "sftp"), ("S3://bucket", "local"), ("https://example/s3://x", "local"), ("", "local"),
+])
+def test_artifact_kind(store: str, kind: str) -> None:
+    assert d.artifact_kind(store) == kind
+
+
+def test_the_clis_credentials_use_the_same_kind() -> None:
+    from mlops_provision.credentials import artifact_kind
+
+    values = {"mlflow_serve_artifacts": False, "mlflow_default_artifact_root": "gs://b/p",
+              "mlflow_artifacts_destination": "/var/lib/mlflow/artifacts"}
+    assert artifact_kind(values) == "gs"
+    assert artifact_kind({**values, "mlflow_serve_artifacts": True}) == "local"
+
+
+def test_store_env_local_and_sftp_need_nothing() -> None:
+    assert d.store_env("/etc/mlflow") == {}
+    assert d.store_env("/etc/mlflow", s3_ignore_tls=False, gcs_credentials_file="") == {}
+
+
+def test_store_env_s3_with_endpoint_and_ca_bundle_in_the_roles_order() -> None:
+    env = d.store_env("/etc/mlflow", s3_access_key_id="AK", s3_secret_access_key="se/cr+et",
+                      s3_region="eu-west-1", s3_endpoint_url="https://s3.example:8333",
+                      s3_ca_bundle="/etc/ssl/private-ca.pem", s3_ignore_tls=True)
+    assert list(env.items()) == [  # the order of the JSON the artifact probe reads
+        ("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "se/cr+et"), ("AWS_DEFAULT_REGION", "eu-west-1"),
+        ("MLFLOW_S3_ENDPOINT_URL", "https://s3.example:8333"), ("AWS_CA_BUNDLE", "/etc/ssl/private-ca.pem"),
+        ("MLFLOW_S3_IGNORE_TLS", "true")]
+
+
+def test_store_env_s3_keys_only() -> None:
+    assert d.store_env("/etc/mlflow", s3_access_key_id="AK", s3_secret_access_key="SK") == {
+        "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"}
+
+
+def test_store_env_azure_by_connection_string_or_key() -> None:
+    conn = "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k=="
+    assert d.store_env("/etc/mlflow", azure_connection_string=conn) == {"AZURE_STORAGE_CONNECTION_STRING": conn}
+    assert d.store_env("/etc/mlflow", azure_account_key="KEY==") == {"AZURE_STORAGE_ACCESS_KEY": "KEY=="}
+
+
+def test_store_env_gcs_points_at_the_pushed_credentials() -> None:
+    env = d.store_env("/etc/ml flow", gcs_credentials_file="/home/op/sa.json")
+    assert env == {"GOOGLE_APPLICATION_CREDENTIALS": "/etc/ml flow/gcs-credentials.json"}
+
+
+# --- network ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("bind", "tls", "address"), [
+    ("0.0.0.0", "", "0.0.0.0"), ("::", "", "::"), ("0.0.0.0", "self-signed", "127.0.0.1"),
+    ("10.0.0.1", "provided", "127.0.0.1"), ("0.0.0.0", False, "0.0.0.0"),
+])
+def test_listen_address(bind: str, tls: object, address: str) -> None:
+    assert d.listen_address(bind, tls) == address
+
+
+def test_allowed_hosts() -> None:
+    names = ["localhost", "vm1", "10.0.0.1", "fd00::1"]
+    expected = ["localhost", "vm1", "10.0.0.1", "fd00::1", "localhost:*", "vm1:*", "10.0.0.1:*", "fd00::1:*"]
+    assert d.with_any_port(names) == expected
+    assert d.allowed_hosts([], names) == expected
+    explicit = ["mlflow.example.com", "mlflow.example.com:*"]
+    assert d.allowed_hosts(explicit, names) is explicit  # as given, not extended
