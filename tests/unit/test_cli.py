@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -12,7 +11,7 @@ import yaml
 
 from mlops_provision.cli import build_parser
 from mlops_provision.options import OPTIONS
-from tests.conftest import CLI, ROOT
+from tests.conftest import CLI, ROOT, load_module
 
 
 def run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -118,11 +117,7 @@ def test_every_option_maps_to_a_role_variable() -> None:
 
 
 def _gen_role_variables() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_role_variables", ROOT / "scripts/gen_role_variables.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(ROOT / "scripts/gen_role_variables.py", "gen_role_variables")
 
 
 def test_role_variables_doc_is_generated_and_up_to_date() -> None:

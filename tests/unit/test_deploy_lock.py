@@ -3,7 +3,6 @@ that say whether a holder still runs (filter_plugins/deploy_lock.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,20 +11,12 @@ from types import ModuleType
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_module
 
 ROLE = ROOT / "roles" / "mlflow_server"
 
 
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-filters = _load(ROLE / "filter_plugins" / "deploy_lock.py", "deploy_lock_filters")
+filters = load_module(ROLE / "filter_plugins" / "deploy_lock.py", "deploy_lock_filters")
 
 
 def test_this_process_is_alive_and_a_gone_pid_of_this_node_is_dead() -> None:
@@ -47,7 +38,7 @@ def test_a_holder_of_another_node_or_without_a_record_is_never_judged_dead() -> 
 
 @pytest.fixture()
 def lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    module = _load(ROLE / "files" / "deploy_lock.py", "deploy_lock_host")
+    module = load_module(ROLE / "files" / "deploy_lock.py", "deploy_lock_host")
     monkeypatch.setattr(module, "LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.setattr(module, "LOCK", str(tmp_path / "locks" / "deploy.lock"))
     return module

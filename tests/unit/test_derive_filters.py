@@ -4,29 +4,19 @@ vars/main.yml and the functions the CLI's `render`, version check and credential
 from __future__ import annotations
 
 import ast
-import importlib.util
 import re
 import string
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_module
 
 ROLE = ROOT / "roles" / "mlflow_server"
 PLUGIN = ROLE / "filter_plugins" / "mlflow_derive.py"
 
 
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-d = _load(PLUGIN, "mlflow_derive_filters")
+d = load_module(PLUGIN, "mlflow_derive_filters")
 
 PG = "postgresql://mlflow:pw@db.example.com:5432/mlflow"
 SQLITE = "sqlite:////var/lib/mlflow/mlflow.db"

@@ -4,27 +4,16 @@ working directory."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load_module
 
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("server_state", ROOT / "roles/mlflow_server/files/server_state.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-state = _load()
+state = load_module(ROOT / "roles/mlflow_server/files/server_state.py", "server_state")
 
 
 @pytest.mark.parametrize(("uri", "expected"), [
