@@ -120,19 +120,22 @@ print(json.dumps({{"metrics": mlflow.get_run(run.info.run_id).data.metrics}}))
     proc = subprocess.run([CLI, "user", "passwd", "--host", vm.name, "alice", "--password-stdin"],
                           input="a-new-password-for-alice\n", capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    changed = time.monotonic()
+    alice_changed = time.monotonic()
     assert ("the old password is refused from now on by the worker that made the change and by every worker "
             "within 30 s (the login cache, mlflow_auth_cache_ttl_sec)") in proc.stdout
     assert status(vm.url + PROTECTED, "alice", "a-new-password-for-alice") == 200
     old = admin_password(vm)  # rotating the admin password keeps the new one for the tool itself
-    proc = cli("user", "passwd", "--host", vm.name, "admin")
+    proc = cli("user", "passwd", "--host", vm.name, "admin")  # it logs in with the old one until then
     assert proc.returncode == 0, proc.stderr
+    admin_changed = time.monotonic()
     assert "kept in the secrets store" in proc.stdout and old not in proc.stdout
     assert status(vm.url + PROTECTED, "admin", admin_password(vm)) == 200
     ADMIN_PASSWORDS.append(admin_password(vm))
-    took = _refused_by_every_worker(vm, [("alice", alice), ("admin", old)], changed)
-    print(f"old passwords refused by every worker {took:.1f} s after the change")
-    assert took <= 30 + 3
+    # Each bound counts from its own change: a worker cached the old login at the latest then.
+    took = _refused_by_every_worker(vm, [("alice", alice)], alice_changed)
+    took_admin = _refused_by_every_worker(vm, [("admin", old)], admin_changed)
+    print(f"old passwords refused by every worker {took:.1f} s (alice) and {took_admin:.1f} s (admin) after the change")
+    assert took <= 30 + 3 and took_admin <= 30 + 3
     assert status(vm.url + PROTECTED, "alice", "a-new-password-for-alice") == 200
 
     proc = cli("user", "remove", "--host", vm.name, "alice")
