@@ -98,14 +98,15 @@ def one_run(args: argparse.Namespace, results: dict[str, list[float]]) -> None:
             data = sum(part["size"] for part in manifest["files"].values())
             results["backup_s"].append(took3)
             results["backup_mb_per_s"].append(data / 1e6 / took3)
-            results["archive_mb"].append(archive.stat().st_size / 1e6)
+            archive_mb = archive.stat().st_size / 1e6
+            results["archive_mb"].append(archive_mb)
             down4, took4, rc = outage_during(url, ["restore", "--host", name, "--from", str(archive), "--force"])
             assert rc == 0, f"the restore exited {rc}"
             results["restore_outage_s"].append(down4)
             results["restore_s"].append(took4)
             results["restore_mb_per_s"].append(data / 1e6 / took4)
         print(f"backup: {took3:.1f} s for {data / 1e6:.0f} MB ({data / 1e6 / took3:.1f} MB/s; archive "
-              f"{archive.stat().st_size / 1e6:.0f} MB; /health down {down3:.1f} s); restore --force: {took4:.1f} s, "
+              f"{archive_mb:.0f} MB; /health down {down3:.1f} s); restore --force: {took4:.1f} s, "
               f"outage {down4:.1f} s", flush=True)
     finally:
         cli("sandbox", "down", "--name", name)
