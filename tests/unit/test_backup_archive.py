@@ -233,6 +233,10 @@ def _target_with_data(tmp_path: Path) -> Path:
     return target
 
 
+def _putback(site: Path, target: Path, tmp_path: Path) -> dict:
+    return _run(site, target, "putback", "--marker", str(tmp_path / "marker.json"), "--owner", getpass.getuser())
+
+
 def test_putback_undoes_a_whole_restore_and_finish_is_then_a_no_op(archive: Path, site: Path,
                                                                     tmp_path: Path) -> None:
     target = _target_with_data(tmp_path)
@@ -245,7 +249,7 @@ def test_putback_undoes_a_whole_restore_and_finish_is_then_a_no_op(archive: Path
     assert (marker["kind"], marker["archive"], marker["backup"]) == ("restore", "one.tar.gz", undo["path"])
     assert Path(out["replaced_artifacts"]).name == f"artifacts.replaced-{marker['stamp']}"
     assert (data / "auth.db").exists() and _tree(data) != before
-    back = _run(site, target, "putback", "--marker", str(tmp_path / "marker.json"), "--owner", getpass.getuser())
+    back = _putback(site, target, tmp_path)
     assert back["ok"] and back["artifacts"] == str(data / "artifacts")
     assert sorted(back["databases"]) == ["auth (absent)", "mlflow.db"]
     assert _tree(data) == before  # the databases, the artifacts, and no user database
@@ -264,7 +268,7 @@ def test_putback_after_a_swap_killed_halfway_brings_the_old_artifacts_back(archi
     _unpack(site, target, archive, tmp_path, undo_backup=undo["path"])
     stamp = json.loads((tmp_path / "marker.json").read_text())["stamp"]
     (data / "artifacts").rename(data / f".artifacts.restoring-{stamp}")
-    back = _run(site, target, "putback", "--marker", str(tmp_path / "marker.json"), "--owner", getpass.getuser())
+    back = _putback(site, target, tmp_path)
     assert back["artifacts"] == str(data / "artifacts")
     assert _tree(data) == before
     assert sorted(p.name for p in data.iterdir()) == ["artifacts", "mlflow.db"]
