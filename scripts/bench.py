@@ -26,28 +26,39 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from benchlib import (
+    CLI,
+    CONTAINERS_CONF,
+    REPO,
+    VENV_BIN,
+    BenchError,
+    Log,
+    add_load_args,
+    add_output_args,
+    add_sample_args,
+    cli_env,
+    http_ok,
+    measured,
+    percentile,
+    positive,
+    settle,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from mlops_provision.sandbox.machines import Sandbox
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = REPO / ".venv" / "bin"
-CLI = VENV_BIN / "mlops-provision"
-CONTAINERS_CONF = REPO / "cli" / "mlops_provision" / "sandbox" / "containers.conf"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 SCENARIOS = ("manual", "cold", "warm", "redeploy", "help", "health")
 DEFAULT_MLFLOW_VERSION = "3.17.2"
@@ -91,10 +102,6 @@ fi
 """
 
 
-class BenchError(RuntimeError):
-    """A measurement failed: the numbers would be meaningless."""
-
-
 @dataclass
 class Ran:
     seconds: float
@@ -135,16 +142,15 @@ class Scenario:
 
 def _role_mlflow_version() -> str:
     """The MLflow release the roles deploy, so the manual runbook installs the same one."""
+    import yaml
+    from hand_install import pinned_version  # scripts/, beside this file
+
     from mlops_provision import paths
 
-    for defaults in sorted(paths.roles_dir().glob("*/defaults/main.yml")):
-        try:
-            match = re.search(r'^mlflow_version:\s*"?([0-9.]+)"?', defaults.read_text(), re.MULTILINE)
-        except OSError:
-            continue
-        if match:
-            return match.group(1)
-    return DEFAULT_MLFLOW_VERSION
+    try:  # the roles of the CLI under test, which need not be this checkout's
+        return pinned_version(paths.roles_dir())
+    except (OSError, LookupError, TypeError, yaml.YAMLError):
+        return DEFAULT_MLFLOW_VERSION
 
 
 class LoadMonitor(threading.Thread):
@@ -171,15 +177,12 @@ class Bench:
         self.live: list[str] = []  # sandboxes this run started and has not removed yet
         self.log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="mlops-bench-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.started = time.monotonic()
+        self.log = Log("bench")
         self.git = _git_state()
         self.monitor = LoadMonitor()
         self.monitor.start()
         self.mlflow_version = args.mlflow_version or _role_mlflow_version()
-        self.env = dict(os.environ)
-        self.env["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
-        self.env["PATH"] = f"{VENV_BIN}{os.pathsep}{self.env.get('PATH', '')}"
-        self.env.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
+        self.env = cli_env()
         self.results = {
             "manual": Scenario("manual runbook (apt, venv, pip, start)", "s"),
             "cold": Scenario("cold deploy, no wheelhouse", "s"),
@@ -190,10 +193,6 @@ class Bench:
         }
 
     # ---- plumbing -----------------------------------------------------------------------
-
-    def log(self, message: str) -> None:
-        sys.stderr.write(f"[bench {time.monotonic() - self.started:7.1f}s] {message}\n")
-        sys.stderr.flush()
 
     def run(self, cmd: list[str], log_name: str, *, env: dict[str, str] | None = None,
             stdin: str | None = None, timeout: float | None = None) -> Ran:
@@ -233,16 +232,7 @@ class Bench:
 
     def settle(self, scenario: str) -> None:
         """Wait (bounded) until the machine is quiet before a timed sample; note the load it starts at."""
-        load = os.getloadavg()[0]
-        deadline = time.monotonic() + self.args.load_wait
-        if self.args.max_load > 0 and load > self.args.max_load:
-            self.log(f"load average {load:.1f} > {self.args.max_load:g}: waiting up to {self.args.load_wait:.0f} s")
-            while load > self.args.max_load and time.monotonic() < deadline:
-                time.sleep(5)
-                load = os.getloadavg()[0]
-            if load > self.args.max_load:
-                self.log(f"warning: measuring {scenario} at load average {load:.1f}")
-        self.results[scenario].loads.append(round(load, 2))
+        self.results[scenario].loads.append(settle(self.args.max_load, self.args.load_wait, self.log, scenario))
 
     def note_window(self, scenario: str, seconds: float) -> None:
         mean = self.monitor.mean_since(time.monotonic() - seconds)
@@ -323,14 +313,11 @@ class Bench:
                              f"{box.name}-runbook", stdin=MANUAL_RUNBOOK.format(version=self.mlflow_version),
                              timeout=self.args.timeout)
         url = f"{box.url}/health"
-        deadline = time.monotonic() + self.args.timeout
-        while not _http_ok(url):
-            if time.monotonic() > deadline:
-                server_log = self.run(["ssh", *ssh_opts, "-p", str(box.ssh_port), target, "tail -50 mlflow.log"],
-                                         f"{box.name}-mlflow-log")
-                raise BenchError(f"manual runbook: {url} did not answer 200 in {self.args.timeout:.0f} s:\n"
-                                 f"{server_log.text[-1500:]}")
-            time.sleep(0.25)
+        if not wait_for(lambda: http_ok(url), self.args.timeout, interval=0.25):
+            server_log = self.run(["ssh", *ssh_opts, "-p", str(box.ssh_port), target, "tail -50 mlflow.log"],
+                                  f"{box.name}-mlflow-log")
+            raise BenchError(f"manual runbook: {url} did not answer 200 in {self.args.timeout:.0f} s:\n"
+                             f"{server_log.text[-1500:]}")
         ended = time.time()
         seconds = time.monotonic() - began
         marks = [(m.group(1), float(m.group(2))) for m in re.finditer(r"^@phase (\w+) ([0-9.]+)$", output.text, re.M)]
@@ -409,17 +396,17 @@ class Bench:
 
     def health(self, box: Sandbox) -> None:
         url = f"{box.url}/health"
-        if not _http_ok(url):
+        if not http_ok(url):
             raise BenchError(f"{url} does not answer 200 on the deployed sandbox")
         self.settle("health")
         for _ in range(self.args.health_requests):
             began = time.perf_counter()
-            if not _http_ok(url):
+            if not http_ok(url):
                 raise BenchError(f"{url} stopped answering 200 during the latency run")
             self.results["health"].samples.append(round((time.perf_counter() - began) * 1000, 2))
-        samples = sorted(self.results["health"].samples)
-        self.results["health"].details.append({"url": url, "p95_ms": samples[int(0.95 * (len(samples) - 1))],
-                                               "max_ms": samples[-1]})
+        samples = self.results["health"].samples
+        self.results["health"].details.append({"url": url, "p95_ms": percentile(samples, 0.95),
+                                               "max_ms": max(samples)})
         self.log(f"/health: median {self.results['health'].median:.1f} ms of {self.args.health_requests}")
 
     def measure(self) -> None:
@@ -541,15 +528,6 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.3f} s" if value < 1 else f"{value:.1f} s"
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - http://127.0.0.1 only
-            resp.read()
-            return int(resp.status) == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
 def _scenarios(text: str) -> set[str]:
     chosen = {s.strip() for s in text.split(",") if s.strip()}
     unknown = chosen - set(SCENARIOS)
@@ -559,37 +537,21 @@ def _scenarios(text: str) -> set[str]:
     return chosen
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", "-n", type=_positive, default=3, help="samples per scenario (default 3)")
-    ap.add_argument("--distro", default="debian12", choices=["debian12", "debian13"])
+    add_sample_args(ap)
     ap.add_argument("--only", type=_scenarios, default=set(SCENARIOS),
                     help=f"comma-separated subset of {','.join(SCENARIOS)} (default all)")
-    ap.add_argument("--help-runs", type=_positive, default=10, help="--help samples (default 10)")
-    ap.add_argument("--health-requests", type=_positive, default=50, help="/health samples (default 50)")
+    ap.add_argument("--help-runs", type=positive, default=10, help="--help samples (default 10)")
+    ap.add_argument("--health-requests", type=positive, default=50, help="/health samples (default 50)")
     ap.add_argument("--mlflow-version", help="for the manual runbook (default: the role's mlflow_version)")
     ap.add_argument("--host-pip-config", action="store_true",
                     help="cold deploy: keep this machine's pip config and cache (default: PyPI only, empty cache)")
-    ap.add_argument("--max-load", type=float, default=float(os.cpu_count() or 1),
-                    help="before each timed sample wait for the 1-minute load average to fall to this "
-                         "(default: the CPU count; 0: never wait)")
-    ap.add_argument("--load-wait", type=float, default=900, help="longest wait for --max-load, seconds (default 900)")
+    add_load_args(ap, float(os.cpu_count() or 1), "the CPU count", load_wait=900)
     ap.add_argument("--timeout", type=float, default=1800, help="per deploy / runbook, seconds (default 1800)")
-    ap.add_argument("--log-dir", help="where command output goes (default: a new temporary directory)")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    add_output_args(ap)
     ap.add_argument("--json-file", help="also write the JSON results to this file")
     return ap.parse_args(argv)
-
-
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally that removes the sandboxes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -607,20 +569,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"bench: {CLI} is missing; run `make setup` first\n")
         return 1
     os.environ["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
     bench = Bench(args)
     bench.log(f"run id {bench.run_id}, logs in {bench.log_dir}")
-    try:
-        bench.measure()
-    except BenchError as exc:
-        bench.log(f"measurement failed: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        bench.log("interrupted")
-        return 130
-    finally:
-        bench.cleanup()
+    failed = measured(bench.measure, bench.cleanup, bench.log)
+    if failed:
+        return failed
     report = json.dumps(bench.report(), indent=2)
     if args.json_file:
         Path(args.json_file).write_text(report + "\n")

@@ -15,17 +15,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchlib import REPO, cli, run, sandbox
 
-from tests.servers import HOST_FROM_SANDBOX, Azurite, SeaweedS3  # noqa: E402
+sys.path.insert(0, str(REPO))
 
-CLI = str(Path(sys.executable).with_name("mlops-provision"))
+from tests.servers import HOST_FROM_SANDBOX, Azurite, SeaweedS3
+
 SIZE = 50 * 1024 * 1024
 NAME = "bench-artifacts"
 
@@ -48,16 +46,9 @@ with tempfile.TemporaryDirectory() as d:
 """
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=1800)
-    if proc.returncode != 0:
-        raise SystemExit(f"{args[:3]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return proc.stdout
-
-
 def through_server(url: str, experiment: str) -> float:
-    out = run(sys.executable, "-c", CLIENT, url, experiment, str(SIZE),
-              env={"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"})
+    out = run([sys.executable, "-c", CLIENT, url, experiment, str(SIZE)], check=True,
+              env={**os.environ, "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}).stdout
     times = json.loads(out.strip().splitlines()[-1])
     return float(times["up"] + times["down"])
 
@@ -88,29 +79,27 @@ def main() -> int:
     s3.bucket("bench")
     azurite.container("bench")
     results: dict[str, dict[str, float]] = {}
+    stores = [
+        ("local", [], {}, None),
+        ("s3", ["--artifacts-destination", "s3://bench/proxied", "--s3-endpoint-url",
+                f"http://{HOST_FROM_SANDBOX}:{s3.port}", "--force"],
+         {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+          "AWS_DEFAULT_REGION": "us-east-1"}, lambda: straight_to_s3(s3)),
+        ("azure", ["--artifacts-destination", "wasbs://bench@devstoreaccount1.blob.core.windows.net/proxied",
+                   "--force"], {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string(HOST_FROM_SANDBOX)},
+         lambda: straight_to_azure(azurite)),
+    ]
     try:
-        out = run(CLI, "sandbox", "up", "--name", NAME, "--host-loopback")
-        url = next(w for w in out.split() if w.startswith("http://127.0.0.1:"))
-        stores = [
-            ("local", [], {}, None),
-            ("s3", ["--artifacts-destination", "s3://bench/proxied", "--s3-endpoint-url",
-                    f"http://{HOST_FROM_SANDBOX}:{s3.port}", "--force"],
-             {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-              "AWS_DEFAULT_REGION": "us-east-1"}, lambda: straight_to_s3(s3)),
-            ("azure", ["--artifacts-destination", "wasbs://bench@devstoreaccount1.blob.core.windows.net/proxied",
-                       "--force"], {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string(HOST_FROM_SANDBOX)},
-             lambda: straight_to_azure(azurite)),
-        ]
-        for store, flags, env, direct in stores:
-            run(CLI, "deploy", "--host", NAME, *flags, env=env)
-            proxied = [through_server(url, f"bench-{store}") for _ in range(args.runs)]
-            row = {"proxied_s": statistics.median(proxied)}
-            if direct is not None:
-                row["direct_s"] = statistics.median(direct() for _ in range(args.runs))
-                row["ratio"] = row["proxied_s"] / row["direct_s"]
-            results[store] = row
+        with sandbox(NAME, "--host-loopback") as url:
+            for store, flags, env, direct in stores:
+                cli("deploy", "--host", NAME, *flags, env={**os.environ, **env}, check=True)
+                proxied = [through_server(url, f"bench-{store}") for _ in range(args.runs)]
+                row = {"proxied_s": statistics.median(proxied)}
+                if direct is not None:
+                    row["direct_s"] = statistics.median(direct() for _ in range(args.runs))
+                    row["ratio"] = row["proxied_s"] / row["direct_s"]
+                results[store] = row
     finally:
-        subprocess.run([CLI, "sandbox", "down", "--name", NAME], capture_output=True)
         s3.stop()
         azurite.stop()
     if args.json:

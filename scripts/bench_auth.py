@@ -25,25 +25,14 @@ import argparse
 import base64
 import json
 import os
-import re
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-CLI = str(REPO / ".venv" / "bin" / "mlops-provision")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=1800)
-    if proc.returncode != 0:
-        raise SystemExit(f"mlops-provision {' '.join(args)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
-    return proc
+from benchlib import CONTAINER_PREFIX, CONTAINERS_CONF, admin_password, cli, percentile, sandbox
 
 
 class Api:
@@ -67,9 +56,7 @@ def timed(func: Any, requests: int, warmup: int) -> dict[str, float]:
         start = time.perf_counter()
         func()
         samples.append((time.perf_counter() - start) * 1000)
-    samples.sort()
-    return {"median_ms": round(statistics.median(samples), 1),
-            "p90_ms": round(samples[int(len(samples) * 0.9) - 1], 1)}
+    return {"median_ms": round(statistics.median(samples), 1), "p90_ms": round(percentile(samples, 0.9), 1)}
 
 
 def measure(api: Api, requests: int, warmup: int) -> dict[str, dict[str, float]]:
@@ -124,10 +111,9 @@ def load(api: Api, clients: int, seconds: float) -> dict[str, float]:
         thread.start()
     for thread in threads:
         thread.join()
-    latencies.sort()
     return {"req_per_s": round(len(latencies) / seconds, 1),
             "p50_ms": round(statistics.median(latencies), 1) if latencies else 0.0,
-            "p95_ms": round(latencies[int(len(latencies) * 0.95) - 1], 1) if latencies else 0.0,
+            "p95_ms": round(percentile(latencies, 0.95), 1) if latencies else 0.0,
             "errors": errors[0]}
 
 
@@ -140,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distro", default="debian12", choices=["debian12", "debian13"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    os.environ.setdefault("CONTAINERS_CONF", str(REPO / "cli/mlops_provision/sandbox/containers.conf"))
+    os.environ.setdefault("CONTAINERS_CONF", str(CONTAINERS_CONF))
     from hand_install import install_and_start  # scripts/, beside this file
 
     from mlops_provision import paths
@@ -148,26 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     name = f"bench-auth-{uuid.uuid4().hex[:6]}"
     latency: dict[str, dict[str, dict[str, float]]] = {}
     loads: dict[str, dict[str, float]] = {}
-    try:
-        up = cli("sandbox", "up", "--name", name, "--distro", args.distro).stdout
-        base = re.search(r"published at (http://127\.0\.0\.1:\d+)", up).group(1)  # type: ignore[union-attr]
-        cli("deploy", "--host", name)
-        password = cli("user", "admin-password", "--host", name).stdout.strip()
-        admin = Api(base, "admin", password)
+    with sandbox(name, "--distro", args.distro) as base:
+        cli("deploy", "--host", name, check=True)
+        admin = Api(base, "admin", admin_password(name))
         latency["default (30 s login cache)"] = measure(admin, args.requests, args.warmup)
         loads["default (30 s login cache)"] = load(admin, args.clients, args.seconds)
         loads[f"default, {2 * args.clients} clients"] = load(admin, 2 * args.clients, args.seconds)
-        cli("deploy", "--host", name, "-e", "mlflow_auth_cache_ttl_sec=0")
+        cli("deploy", "--host", name, "-e", "mlflow_auth_cache_ttl_sec=0", check=True)
         latency["auth, no login cache"] = measure(admin, args.requests, args.warmup)
         loads["auth, no login cache"] = load(admin, args.clients, args.seconds)
-        cli("deploy", "--host", name, "--auth", "none")
+        cli("deploy", "--host", name, "--auth", "none", check=True)
         latency["auth none"] = measure(Api(base), args.requests, args.warmup)
         loads["auth none"] = load(Api(base), args.clients, args.seconds)
-        cli("destroy", "--host", name, "--yes", "--purge-data")
-        install_and_start(f"mlops-sandbox-{name}", paths.cache_dir())
+        cli("destroy", "--host", name, "--yes", "--purge-data", check=True)
+        install_and_start(CONTAINER_PREFIX + name, paths.cache_dir())
         loads["plain mlflow server (defaults)"] = load(Api(base), args.clients, args.seconds)
-    finally:
-        subprocess.run([CLI, "sandbox", "down", "--name", name], capture_output=True, check=False)
     default, none = loads["default (30 s login cache)"], loads["auth none"]
     plain = loads["plain mlflow server (defaults)"]
     ratios = {

@@ -20,32 +20,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = REPO / ".venv" / "bin"
-CLI = VENV_BIN / "mlops-provision"
-CONTAINERS_CONF = REPO / "cli" / "mlops_provision" / "sandbox" / "containers.conf"
-CONTAINER_PREFIX = "mlops-sandbox-"  # mlops_provision.sandbox.machines.CONTAINER_PREFIX
+from benchlib import (
+    CLI,
+    CONTAINER_PREFIX,
+    BenchError,
+    Log,
+    add_load_args,
+    add_output_args,
+    add_sample_args,
+    cli_env,
+    http_ok,
+    measured,
+    published_url,
+    settle,
+    wait_for,
+)
+
 UNIT = "mlflow.service"
-
-
-class BenchError(RuntimeError):
-    """A measurement failed: the numbers would be meaningless."""
 
 
 @dataclass
@@ -76,23 +77,16 @@ class Bench:
         self.container = CONTAINER_PREFIX + self.name
         self.url = ""
         self.live = False
-        self.started = time.monotonic()
+        self.log = Log("bench-recovery")
         self.log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="mlops-bench-recovery-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.env = dict(os.environ)
-        self.env["CONTAINERS_CONF"] = str(CONTAINERS_CONF)
-        self.env["PATH"] = f"{VENV_BIN}{os.pathsep}{self.env.get('PATH', '')}"
-        self.env.setdefault("ANSIBLE_CONFIG", str(REPO / "ansible.cfg"))
+        self.env = cli_env()
         self.results = {
             "kill": Scenario("kill -9 main process -> healthy"),
             "reboot": Scenario("VM restart (podman restart) -> healthy"),
         }
 
     # ---- plumbing -----------------------------------------------------------------------
-
-    def log(self, message: str) -> None:
-        sys.stderr.write(f"[bench-recovery {time.monotonic() - self.started:7.1f}s] {message}\n")
-        sys.stderr.flush()
 
     def run(self, cmd: list[str], log_name: str, timeout: float = 1800) -> str:
         """Run cmd, keep its output in the log dir, raise BenchError when it fails."""
@@ -116,19 +110,12 @@ class Bench:
 
     def settle(self) -> float:
         """Wait (bounded) until the machine is quiet before a timed sample; return the load it starts at."""
-        load = os.getloadavg()[0]
-        if self.args.max_load > 0 and load > self.args.max_load:
-            self.log(f"load average {load:.1f} > {self.args.max_load:g}: waiting up to {self.args.load_wait:.0f} s")
-            _wait_for(lambda: os.getloadavg()[0] <= self.args.max_load, self.args.load_wait, interval=5)
-            load = os.getloadavg()[0]
-            if load > self.args.max_load:
-                self.log(f"warning: measuring at load average {load:.1f}")
-        return round(load, 2)
+        return settle(self.args.max_load, self.args.load_wait, self.log)
 
     def wait_healthy(self, began: float, what: str) -> float:
         """Seconds from `began` until /health answers 200; BenchError after --timeout."""
-        if not _wait_for(lambda: _http_ok(f"{self.url}/health"), self.args.timeout - (time.monotonic() - began),
-                         interval=0.1):
+        if not wait_for(lambda: http_ok(f"{self.url}/health"), self.args.timeout - (time.monotonic() - began),
+                        interval=0.1):
             raise BenchError(f"{self.url}/health not 200 within {self.args.timeout:.0f} s after {what}")
         return time.monotonic() - began
 
@@ -138,13 +125,10 @@ class Bench:
         self.log(f"sandbox up {self.name} ({self.args.distro})")
         self.live = True
         out = self.run([str(CLI), "sandbox", "up", "--name", self.name, "--distro", self.args.distro], "sandbox-up")
-        match = re.search(r"published at (http://127\.0\.0\.1:\d+)", out)
-        if match is None:
-            raise BenchError(f"`sandbox up` printed no published URL; see {self.log_dir}/sandbox-up.log")
-        self.url = match.group(1)
+        self.url = published_url(out)
         self.log(f"deploy (not measured) on {self.name}")
         self.run([str(CLI), "deploy", "--host", self.name], "deploy")
-        if not _http_ok(f"{self.url}/health"):
+        if not http_ok(f"{self.url}/health"):
             raise BenchError(f"{self.url}/health does not answer 200 after the deploy")
 
     def down(self) -> None:
@@ -166,8 +150,8 @@ class Bench:
         load = self.settle()
         began = time.monotonic()
         self.sh(f"kill -9 {before['MainPID']}")
-        if not _wait_for(lambda: self.show("MainPID")["MainPID"] not in ("0", before["MainPID"]),
-                         self.args.timeout, interval=0.2):
+        if not wait_for(lambda: self.show("MainPID")["MainPID"] not in ("0", before["MainPID"]),
+                        self.args.timeout, interval=0.2):
             raise BenchError(f"systemd started no new main process within {self.args.timeout:.0f} s of kill #{index}")
         new_pid = time.monotonic() - began
         seconds = self.wait_healthy(began, f"kill #{index}")
@@ -217,49 +201,14 @@ class Bench:
         return "\n".join(lines)
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float, interval: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - http://127.0.0.1 only
-            resp.read()
-            return int(resp.status) == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", "-n", type=_positive, default=3, help="samples per scenario (default 3)")
-    ap.add_argument("--distro", default="debian12", choices=["debian12", "debian13"])
-    ap.add_argument("--max-load", type=float, default=float(2 * (os.cpu_count() or 1)),
-                    help="before each timed sample wait for the 1-minute load average to fall to this "
-                         "(default: twice the CPU count; 0: never wait)")
-    ap.add_argument("--load-wait", type=float, default=300, help="longest wait for --max-load, seconds (default 300)")
+    add_sample_args(ap)
+    add_load_args(ap, float(2 * (os.cpu_count() or 1)), "twice the CPU count", load_wait=300)
     ap.add_argument("--timeout", type=float, default=300,
                     help="longest wait for a recovery, seconds (default 300)")
-    ap.add_argument("--log-dir", help="where command output goes (default: a new temporary directory)")
-    ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    add_output_args(ap)
     return ap.parse_args(argv)
-
-
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally that removes the sandbox
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,20 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     if not CLI.exists():
         sys.stderr.write(f"bench-recovery: {CLI} is missing; run `make setup` first\n")
         return 1
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
     bench = Bench(args)
     bench.log(f"sandbox {bench.name}, logs in {bench.log_dir}")
-    try:
-        bench.measure()
-    except BenchError as exc:
-        bench.log(f"measurement failed: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        bench.log("interrupted")
-        return 130
-    finally:
-        bench.down()
+    failed = measured(bench.measure, bench.down, bench.log)
+    if failed:
+        return failed
     print(json.dumps(bench.report(), indent=2) if args.json else bench.table())
     return 0
 

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import statistics
 import subprocess
 import sys
 import tarfile
@@ -32,7 +30,9 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from bench_safe_change import CLI, ENV, cli, outage_during
+from benchlib import VENV_BIN, admin_password, cli, outage_during, print_medians, private_state_env, sandbox
+
+ENV = private_state_env()
 
 OLD, NEW = "3.14.0", "3.17.2"
 BROKEN = json.dumps({"mlflow_extra_env": {"MLFLOW_WORKERS": "many"},
@@ -64,33 +64,26 @@ with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=exp):
 """
 
 
-def admin_env(name: str) -> dict[str, str]:
-    password = cli("user", "admin-password", "--host", name).stdout.strip()
-    return {**ENV, "MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
-
-
 def one_run(args: argparse.Namespace, results: dict[str, list[float]]) -> None:
     name = f"upgrade-bench-{uuid.uuid4().hex[:6]}"
-    try:
-        up = cli("sandbox", "up", "--name", name)
-        url = re.search(r"published at (http://127\.0\.0\.1:\d+)", up.stdout).group(1)  # type: ignore[union-attr]
-        proc = cli("deploy", "--host", name, "--mlflow-version", OLD)
+    with sandbox(name, env=ENV) as url:
+        proc = cli("deploy", "--host", name, "--mlflow-version", OLD, env=ENV)
         assert proc.returncode == 0, proc.stdout[-2000:]
-        python = str(Path(CLI).with_name("python"))
-        subprocess.run([python, "-c", SEED, url, str(args.metrics), str(args.runs_per_seed), str(args.artifact_mb)],
-                       env=admin_env(name), check=True, capture_output=True, timeout=3600)
-        down, took, rc = outage_during(url, ["deploy", "--host", name, "--mlflow-version", NEW, "-e", BROKEN])
+        login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": admin_password(name, ENV)}
+        subprocess.run([str(VENV_BIN / "python"), "-c", SEED, url, str(args.metrics), str(args.runs_per_seed),
+                        str(args.artifact_mb)], env={**ENV, **login}, check=True, capture_output=True, timeout=3600)
+        down, took, rc = outage_during(url, ["deploy", "--host", name, "--mlflow-version", NEW, "-e", BROKEN], ENV)
         assert rc == 1, f"the failed upgrade exited {rc}"
         results["failed_upgrade_outage_s"].append(down)
         results["failed_upgrade_deploy_s"].append(took)
-        down2, took2, rc = outage_during(url, ["deploy", "--host", name, "--mlflow-version", NEW])
+        down2, took2, rc = outage_during(url, ["deploy", "--host", name, "--mlflow-version", NEW], ENV)
         assert rc == 0, f"the upgrade exited {rc}"
         results["upgrade_outage_s"].append(down2)
         results["upgrade_deploy_s"].append(took2)
         print(f"failed upgrade: outage {down:.1f} s (deploy {took:.1f} s); upgrade: outage {down2:.1f} s "
               f"(deploy {took2:.1f} s); {args.metrics} metric rows", flush=True)
         with tempfile.TemporaryDirectory() as out:
-            down3, took3, rc = outage_during(url, ["backup", "--host", name, "--output", out])
+            down3, took3, rc = outage_during(url, ["backup", "--host", name, "--output", out], ENV)
             assert rc == 0, f"the backup exited {rc}"
             archive = next(Path(out).glob("*.tar.gz"))
             with tarfile.open(archive) as tar:
@@ -100,7 +93,7 @@ def one_run(args: argparse.Namespace, results: dict[str, list[float]]) -> None:
             results["backup_mb_per_s"].append(data / 1e6 / took3)
             archive_mb = archive.stat().st_size / 1e6
             results["archive_mb"].append(archive_mb)
-            down4, took4, rc = outage_during(url, ["restore", "--host", name, "--from", str(archive), "--force"])
+            down4, took4, rc = outage_during(url, ["restore", "--host", name, "--from", str(archive), "--force"], ENV)
             assert rc == 0, f"the restore exited {rc}"
             results["restore_outage_s"].append(down4)
             results["restore_s"].append(took4)
@@ -108,8 +101,6 @@ def one_run(args: argparse.Namespace, results: dict[str, list[float]]) -> None:
         print(f"backup: {took3:.1f} s for {data / 1e6:.0f} MB ({data / 1e6 / took3:.1f} MB/s; archive "
               f"{archive_mb:.0f} MB; /health down {down3:.1f} s); restore --force: {took4:.1f} s, "
               f"outage {down4:.1f} s", flush=True)
-    finally:
-        cli("sandbox", "down", "--name", name)
 
 
 def main() -> int:
@@ -126,8 +117,7 @@ def main() -> int:
                                        "restore_s": [], "restore_mb_per_s": []}
     for _ in range(args.runs):
         one_run(args, results)
-    medians = {k: round(statistics.median(v), 1) for k, v in results.items() if v}
-    print(json.dumps(medians) if args.json else "medians: " + ", ".join(f"{k} {v}" for k, v in medians.items()))
+    print_medians(results, args.json)
     return 0
 
 

@@ -1,5 +1,7 @@
 """The classic manual runbook on a sandbox, shared by tests/e2e/test_backup.py (adopting a server
-installed by hand) and scripts/bench_auth.py (plain `mlflow server` with MLflow's defaults).
+installed by hand) and scripts/bench_auth.py (plain `mlflow server` with MLflow's defaults);
+scripts/bench.py reads the pinned release here too. Imported as `hand_install` and as
+`scripts.hand_install`, so it imports nothing from beside it (not scripts/benchlib.py either).
 
 As a login user `op`: a venv and `mlflow server` on SQLite, started from the home directory.
 The wheels come from this machine's wheelhouse for the pinned release (tests and benchmarks send
@@ -30,8 +32,9 @@ systemd-run --unit hand-mlflow --uid op --working-directory /home/op \\
 """
 
 
-def pinned_version() -> str:
-    defaults = yaml.safe_load((REPO / "roles/mlflow_server/defaults/main.yml").read_text())
+def pinned_version(roles: Path = REPO / "roles") -> str:
+    """The MLflow release the mlflow_server role in roles deploys by default."""
+    defaults = yaml.safe_load((roles / "mlflow_server/defaults/main.yml").read_text())
     return str(defaults["mlflow_version"])
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scripts.benchlib import published_url
 
 from tests.conftest import CLI
 
@@ -77,7 +78,7 @@ class VM:
         box = cls(name, distro)
         proc = cli("sandbox", "up", "--name", name, "--distro", distro, *extra)
         assert proc.returncode == 0, proc.stderr
-        box.url = re.search(r"published at (http://127\.0\.0\.1:\d+)", proc.stdout).group(1)  # type: ignore[union-attr]
+        box.url = published_url(proc.stdout)
         yield box
         cli("sandbox", "down", "--name", name)
 

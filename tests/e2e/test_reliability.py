@@ -15,11 +15,9 @@ import os
 import re
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 
 import pytest
+from scripts.benchlib import http_ok, wait_for
 
 from tests.e2e.conftest import VM, cli, ensure_deployed
 
@@ -43,22 +41,7 @@ def vm(shared_server: VM) -> VM:
 
 def healthy(url: str) -> bool:
     """/health answers 200 on the published port, as a load balancer would see it."""
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:  # 127.0.0.1 only
-            resp.read()
-            return int(resp.status) == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
+    return http_ok(f"{url}/health")
 
 
 def show(vm: VM, *props: str) -> dict[str, str]:
