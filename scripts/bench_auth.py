@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import json
 import os
 import statistics
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from typing import Any
@@ -75,14 +77,14 @@ def measure(api: Api, requests: int, warmup: int) -> dict[str, dict[str, float]]
             "POST runs/log-metric": timed(log_metric, requests, warmup)}
 
 
-def load(api: Api, clients: int, seconds: float) -> dict[str, float]:
+def load(api: Api, clients: int, seconds: float) -> dict[str, Any]:
     """clients threads, each looping log-batch (10 metrics) with a runs/search every 10th call."""
     import threading
 
     exp = json.loads(api.call("POST", "/api/2.0/mlflow/experiments/create",
                               {"name": f"bench-load-{uuid.uuid4().hex[:8]}"}))["experiment_id"]
     latencies: list[float] = []
-    errors = [0]
+    errors: collections.Counter[str] = collections.Counter()  # by kind, to tell what failed
     lock = threading.Lock()
     end = time.monotonic() + seconds
 
@@ -101,9 +103,12 @@ def load(api: Api, clients: int, seconds: float) -> dict[str, float]:
                         {"key": f"m{k}", "value": 0.5, "timestamp": now, "step": n} for k in range(10)]})
                 with lock:
                     latencies.append((time.perf_counter() - began) * 1000)
-            except Exception:  # noqa: BLE001 - counted, not raised
+            except urllib.error.HTTPError as exc:
                 with lock:
-                    errors[0] += 1
+                    errors[f"HTTP {exc.code} {exc.read()[:120].decode(errors='replace')}"] += 1
+            except Exception as exc:  # noqa: BLE001 - counted, not raised
+                with lock:
+                    errors[f"{type(exc).__name__}: {str(exc)[:120]}"] += 1
             n += 1
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -114,7 +119,7 @@ def load(api: Api, clients: int, seconds: float) -> dict[str, float]:
     return {"req_per_s": round(len(latencies) / seconds, 1),
             "p50_ms": round(statistics.median(latencies), 1) if latencies else 0.0,
             "p95_ms": round(percentile(latencies, 0.95), 1) if latencies else 0.0,
-            "errors": errors[0]}
+            "errors": sum(errors.values()), "error_kinds": dict(errors)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     name = f"bench-auth-{uuid.uuid4().hex[:6]}"
     latency: dict[str, dict[str, dict[str, float]]] = {}
-    loads: dict[str, dict[str, float]] = {}
+    loads: dict[str, dict[str, Any]] = {}
     with sandbox(name, "--distro", args.distro) as base:
         cli("deploy", "--host", name, check=True)
         admin = Api(base, "admin", admin_password(name))
@@ -171,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     for mode, row in loads.items():
         print(f"{mode:<34} {row['req_per_s']:>8.1f} {row['p50_ms']:>7.1f}ms {row['p95_ms']:>7.1f}ms "
               f"{row['errors']:>7.0f}")
+    for mode, outcome in loads.items():
+        for kind, count in outcome["error_kinds"].items():
+            print(f"  {mode}: {count} x {kind}")
     print()
     for label, value in ratios.items():
         print(f"{label:<52} {value}")

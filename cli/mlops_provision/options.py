@@ -252,6 +252,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow-from", "mlflow_allow_from", "list",
            "admit only this source network to the port (CIDR, repeatable); default: everyone",
            check_networks, repeatable=True),
+    Option("job-execution", "mlflow_job_execution", "bool",
+           "run MLflow's server-side jobs (GenAI: LLM-judge scoring, evaluations, prompt optimization, "
+           "trace archival) in 8 more processes, about 1.8 GB more memory (default off)"),
     Option("port", "mlflow_port", "int", "server port (default 5000)", check_port),
     Option("workers", "mlflow_workers", "int", "uvicorn workers (default 4)", check_workers),
     Option("allowed-hosts", "mlflow_allowed_hosts", "list",

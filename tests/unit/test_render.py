@@ -117,6 +117,23 @@ def test_managed_postgresql_renders_a_masked_uri_and_pool_settings() -> None:
     sqlite_env = render_files(build_spec({}, environ={}))["mlflow.env"]
     assert "POOL_SIZE" not in sqlite_env
     assert 'MLFLOW_BACKEND_STORE_URI="sqlite:////var/lib/mlflow/mlflow.db"\n' in sqlite_env
+    # SQLite: a connection per session (the default pool stalls under 32 writers); PostgreSQL keeps its pool.
+    assert 'MLFLOW_SQLALCHEMYSTORE_POOLCLASS="NullPool"\n' in sqlite_env
+    assert "POOLCLASS" not in env
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "false"), (True, "true"), (False, "false")])
+def test_job_execution_is_off_unless_asked_for(value: object, expected: str) -> None:
+    config = {} if value is None else {"job_execution": value}
+    env = _env_lines(render_files(build_spec(config, environ={}))["mlflow.env"])
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [("yes", "true"), ("True", "true"), ("no", "false"), ("0", "false")])
+def test_job_execution_as_text_from_an_inventory_or_extra_vars(value: str, expected: str) -> None:
+    spec = build_spec({}, environ={})
+    spec.defaults["mlflow_job_execution"] = value  # what `-e mlflow_job_execution=yes` gives the template
+    assert _env_lines(render_files(spec)["mlflow.env"])["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == expected
 
 
 def test_auth_none_drops_the_auth_app_and_its_files() -> None:
