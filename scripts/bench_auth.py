@@ -5,7 +5,8 @@ test (exit 1 only when a deploy or a request failed).
 Latency (--requests sequential requests from this machine after --warmup, median and 90th
 percentile) of GET /version and of logging one metric, and throughput under load (--clients
 threads, each looping log-batch of 10 metrics with a runs/search every 10th call, for
---seconds; requests per second, p50 and p95 latency, errors), for:
+--seconds, --samples times: medians of requests per second, p50 and p95 latency; errors by
+kind; each sample's req/s and the load average at its start), for:
 
   default        this tool's default deploy: basic auth with the 30 s login cache
   no cache       basic auth with mlflow_auth_cache_ttl_sec=0 (every request hashes the password)
@@ -16,7 +17,7 @@ threads, each looping log-batch of 10 metrics with a runs/search every 10th call
 and the goal ratios of the issue on auth cost: default/auth-none throughput (>= 0.85) and p50
 (<= 1.2x), default/plain throughput (>= 1.3), errors of the default at 2x --clients (0).
 The sandbox is bench-auth-<id> and is removed at the end. Usage:
-  python scripts/bench_auth.py [--requests 50] [--clients 16] [--seconds 20] [--distro debian12] [--json]
+  python scripts/bench_auth.py [--requests 50] [--clients 16] [--seconds 20] [--samples 3] [--distro debian12] [--json]
 """
 
 from __future__ import annotations
@@ -122,12 +123,28 @@ def load(api: Api, clients: int, seconds: float) -> dict[str, Any]:
             "errors": sum(errors.values()), "error_kinds": dict(errors)}
 
 
+def sampled(api: Api, clients: int, seconds: float, samples: int) -> dict[str, Any]:
+    """load() `samples` times: the median of each figure, every sample's req/s and the 1-minute
+    load average at its start (this machine runs the clients and the VM), errors summed."""
+    runs, loadavgs = [], []
+    for _ in range(samples):
+        loadavgs.append(round(os.getloadavg()[0], 1))
+        runs.append(load(api, clients, seconds))
+    kinds: collections.Counter[str] = collections.Counter()
+    for run in runs:
+        kinds.update(run["error_kinds"])
+    return {**{key: round(statistics.median(run[key] for run in runs), 1) for key in ("req_per_s", "p50_ms", "p95_ms")},
+            "errors": sum(kinds.values()), "error_kinds": dict(kinds),
+            "samples_req_per_s": [run["req_per_s"] for run in runs], "loadavg": loadavgs}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--samples", type=int, default=3, help="load runs per server (medians)")
     parser.add_argument("--distro", default="debian12", choices=["debian12", "debian13"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -143,17 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         cli("deploy", "--host", name, check=True)
         admin = Api(base, "admin", admin_password(name))
         latency["default (30 s login cache)"] = measure(admin, args.requests, args.warmup)
-        loads["default (30 s login cache)"] = load(admin, args.clients, args.seconds)
-        loads[f"default, {2 * args.clients} clients"] = load(admin, 2 * args.clients, args.seconds)
+        loads["default (30 s login cache)"] = sampled(admin, args.clients, args.seconds, args.samples)
+        loads[f"default, {2 * args.clients} clients"] = sampled(admin, 2 * args.clients, args.seconds, args.samples)
         cli("deploy", "--host", name, "-e", "mlflow_auth_cache_ttl_sec=0", check=True)
         latency["auth, no login cache"] = measure(admin, args.requests, args.warmup)
-        loads["auth, no login cache"] = load(admin, args.clients, args.seconds)
+        loads["auth, no login cache"] = sampled(admin, args.clients, args.seconds, args.samples)
         cli("deploy", "--host", name, "--auth", "none", check=True)
         latency["auth none"] = measure(Api(base), args.requests, args.warmup)
-        loads["auth none"] = load(Api(base), args.clients, args.seconds)
+        loads["auth none"] = sampled(Api(base), args.clients, args.seconds, args.samples)
         cli("destroy", "--host", name, "--yes", "--purge-data", check=True)
         install_and_start(CONTAINER_PREFIX + name, paths.cache_dir())
-        loads["plain mlflow server (defaults)"] = load(Api(base), args.clients, args.seconds)
+        loads["plain mlflow server (defaults)"] = sampled(Api(base), args.clients, args.seconds, args.samples)
     default, none = loads["default (30 s login cache)"], loads["auth none"]
     plain = loads["plain mlflow server (defaults)"]
     ratios = {
@@ -172,10 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             row = numbers[request]
             print(f"{request:<22} {mode:<28} {row['median_ms']:>7.1f}ms {row['p90_ms']:>7.1f}ms")
     print(f"\n{'under load':<34} {'req/s':>8} {'p50':>9} {'p95':>9} {'errors':>7}   "
-          f"({args.clients} clients, {args.seconds:.0f} s)")
+          f"({args.clients} clients, {args.seconds:.0f} s; medians of {args.samples}: samples, load average)")
     for mode, row in loads.items():
         print(f"{mode:<34} {row['req_per_s']:>8.1f} {row['p50_ms']:>7.1f}ms {row['p95_ms']:>7.1f}ms "
-              f"{row['errors']:>7.0f}")
+              f"{row['errors']:>7.0f}   {row['samples_req_per_s']} {row['loadavg']}")
     for mode, outcome in loads.items():
         for kind, count in outcome["error_kinds"].items():
             print(f"  {mode}: {count} x {kind}")
