@@ -225,7 +225,7 @@ def run(req: RunRequest) -> RunResult:
     hosts: dict[str, HostResult] = {}
     playbook = paths.playbook(req.action)
     env = ansible_env()
-    find_ansible_playbook(env)
+    ansible_playbook = find_ansible_playbook(env)
     started = time.monotonic()
 
     with tempfile.TemporaryDirectory(prefix="mlops-provision-") as private:
@@ -259,12 +259,14 @@ def run(req: RunRequest) -> RunResult:
 
         # A signal cancels the run through cancel_callback (ansible-runner then stops the play
         # with status 'canceled'); no KeyboardInterrupt would ever reach us from inside it.
+        # ansible-playbook is started through `tether` so that it dies with this process.
+        tethered = ["-m", "mlops_provision.tether", str(os.getpid()), ansible_playbook, str(playbook), *cmdline]
         with interrupt.deferred():
             result = ansible_runner.run(
                 private_data_dir=str(private_dir),
-                playbook=str(playbook),
+                binary=sys.executable,
                 inventory=[str(i) for i in inventories],
-                cmdline=shlex.join(cmdline),
+                cmdline=shlex.join(tethered),
                 envvars=env,
                 verbosity=req.verbosity or None,
                 quiet=req.verbosity == 0,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import tempfile
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 from scripts.benchlib import published_url
 
-from tests.conftest import CLI
+from tests.conftest import CLI, wait_until_none_with_env
 
 os.environ["MLOPS_PROVISION_HOME"] = tempfile.mkdtemp(prefix="mlops-e2e-state-")
 SHARED_STATE = tempfile.mkdtemp(prefix="mlops-e2e-shared-state-")
@@ -101,9 +102,12 @@ def shared_server() -> Iterator[VM]:
 def deploy_until(vm: VM, pattern: str, sig: int, *args: str, verb: str = "deploy") -> tuple[int, str, str, float]:
     """Start a deploy (or another verb that deploys: restore), and send sig to its whole process
     group when a progress line matches pattern (the task has started, so the one before it has
-    finished)."""
+    finished). After SIGKILL nothing the CLI started may live on: not ansible-playbook, its
+    workers or their ssh (they would hold the host's deploy lock and go on changing the host)."""
+    run_id = f"{vm.name}-{time.time_ns()}"
     proc = subprocess.Popen([CLI, verb, "--host", vm.name, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "MLOPS_PROVISION_TEST_RUN": run_id})
     assert proc.stderr is not None
     seen = []
     sent_at = 0.0
@@ -115,6 +119,9 @@ def deploy_until(vm: VM, pattern: str, sig: int, *args: str, verb: str = "deploy
     out = proc.stdout.read() if proc.stdout else ""
     rc = proc.wait(timeout=300)
     assert sent_at, f"the deploy never reached {pattern!r}:\n" + "".join(seen)[-3000:]
+    if sig == signal.SIGKILL:
+        left = wait_until_none_with_env(f"MLOPS_PROVISION_TEST_RUN={run_id}", 5)
+        assert not left, f"still running {time.monotonic() - sent_at:.0f} s after SIGKILL: {left}"
     return rc, out, "".join(seen), time.monotonic() - sent_at
 
 

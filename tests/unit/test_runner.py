@@ -21,7 +21,7 @@ from mlops_provision import runner
 from mlops_provision.errors import ProvisionError
 from mlops_provision.failures import classify
 from mlops_provision.runner import HostResult, _collect
-from tests.conftest import BIN, CLI
+from tests.conftest import BIN, CLI, processes_with_env, wait_until_none_with_env
 
 
 def test_ansible_playbook_is_found_next_to_the_interpreter_when_path_lacks_it(
@@ -176,3 +176,26 @@ def test_a_broken_pipe_quoted_from_the_journal_is_a_failure_not_a_lost_host() ->
     _collect(_failed("vm1", "Verify | Check that this service answers", msg), hosts)
     _collect(_stats(ok={"vm1": 12}, failures={"vm1": 1}), hosts)
     assert hosts["vm1"].failed == 1 and hosts["vm1"].unreachable == 0
+
+
+def test_a_killed_cli_takes_its_playbook_with_it(tmp_path: Path, silent_ssh_port: int) -> None:
+    """SIGKILL leaves no handler to cancel the run: ansible-runner's ansible-playbook (its own
+    session, SIGHUP ignored) used to live on, holding the host's deploy lock. Tethered, it goes."""
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(f"mlflow_servers:\n  hosts:\n    hung:\n      ansible_host: 127.0.0.1\n"
+                         f"      ansible_port: {silent_ssh_port}\n      ansible_user: nobody\n")
+    run_id = f"{tmp_path.name}-{os.getpid()}"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "MLOPS_PROVISION_HOME": str(tmp_path / "state"),
+           "MLOPS_PROVISION_TEST_RUN": run_id}
+    marker = f"MLOPS_PROVISION_TEST_RUN={run_id}"
+    proc = subprocess.Popen([CLI, "destroy", "-i", str(inventory), "--yes"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "Lock | Read the holder" in line:  # ansible-playbook is waiting on the hung host
+            break
+    time.sleep(1)  # its ssh is connected and waiting: untethered, all of it lived until the timeout
+    assert any("ansible-playbook" in cmd for pid, cmd in processes_with_env(marker).items() if pid != proc.pid)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert not wait_until_none_with_env(marker, 3)
