@@ -1,0 +1,138 @@
+"""ufw and firewalld, each in turn the active host firewall of one Debian 12 sandbox, proven with
+real connections from two sources: this machine (through the published port, so from the
+default podman network's gateway) and a container on a podman network this module creates.
+For each: an allowlist admits its source and no other, a new allowlist leaves no old rule
+behind, no allowlist opens the port to both, and destroy removes every rule this tool added.
+(nftables is proven on the shared server by test_security.py.)"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.e2e.conftest import VM, cli
+
+pytestmark = pytest.mark.e2e
+PROBE = ("import sys, urllib.request, urllib.error\n"
+         "try:\n"
+         "    print(urllib.request.urlopen(sys.argv[1], timeout=5).status)\n"
+         "except urllib.error.HTTPError as e:\n"
+         "    print(e.code)\n"
+         "except OSError:\n"
+         "    print(0)\n")
+
+
+@dataclass
+class Sources:
+    gateway: str  # this machine, as the VM sees it
+    sibling: str  # the probing container's fixed address on the test network
+    vm_on_net: str  # the VM's address there
+    network: str
+    image: str
+    url: str  # the published port on this machine's loopback
+
+    def from_here(self) -> int:
+        """HTTP status of /health from this machine, 0 when no answer came."""
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=5) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except OSError:
+            return 0
+
+    def from_sibling(self) -> int:
+        """The same from the other source: any HTTP status means the firewall let it through."""
+        proc = subprocess.run(["podman", "run", "--rm", "--network", self.network, "--ip", self.sibling,
+                               "--entrypoint", "python3", self.image, "-c", PROBE,
+                               f"http://{self.vm_on_net}:5000/health"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return int(proc.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def vm() -> Iterator[VM]:
+    yield from VM.up("e2e-fw", "debian12")
+
+
+@pytest.fixture(scope="module")
+def sources(vm: VM) -> Iterator[Sources]:
+    network = f"mlops-e2e-fw-{vm.name}"
+    subprocess.run(["podman", "network", "rm", "--force", network], capture_output=True)
+    # Internal: no route out of it, and the VM keeps its one default route (to this machine).
+    subprocess.run(["podman", "network", "create", "--internal", network], check=True, capture_output=True)
+    gateway = vm.sh("ip -4 route show default | awk '{print $3}'").strip()
+    try:
+        subprocess.run(["podman", "network", "connect", network, vm.container], check=True, capture_output=True)
+        inspect = json.loads(subprocess.run(["podman", "inspect", vm.container], check=True,
+                                            capture_output=True, text=True).stdout)[0]
+        subnet = ipaddress.ip_network(json.loads(subprocess.run(
+            ["podman", "network", "inspect", network], check=True, capture_output=True,
+            text=True).stdout)[0]["subnets"][0]["subnet"])
+        yield Sources(
+            gateway=gateway,
+            sibling=str(subnet.network_address + 200),
+            vm_on_net=inspect["NetworkSettings"]["Networks"][network]["IPAddress"],
+            network=network, image=inspect["ImageName"], url=vm.url)
+    finally:
+        subprocess.run(["podman", "network", "disconnect", "--force", network, vm.container], capture_output=True)
+        subprocess.run(["podman", "network", "rm", "--force", network], capture_output=True)
+
+
+def deploy(vm: VM, *args: str) -> str:
+    proc = cli("deploy", "--host", vm.name, *args)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def destroy(vm: VM) -> None:
+    proc = cli("destroy", "--host", vm.name, "--yes")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def prove_the_allowlist(vm: VM, src: Sources, firewall: str, rules: str) -> None:
+    """The four steps every firewall goes through; rules is a shell command listing its rules."""
+    out = deploy(vm, "--allow-from", f"{src.gateway}/32")
+    assert f"  firewall   port 5000 open only to {src.gateway}/32 ({firewall})" in out, out
+    assert (src.from_here(), src.from_sibling()) == (200, 0)
+
+    out = deploy(vm, "--allow-from", f"{src.sibling}/32", "--allow-from", "2001:db8::/32")
+    assert f"open only to {src.sibling}/32, 2001:db8::/32 ({firewall})" in out, out
+    assert (src.from_here(), src.from_sibling()) == (0, 200)
+    listed = vm.sh(rules)
+    assert src.gateway not in listed, listed  # the old allowlist left nothing behind
+    assert src.sibling in listed and "2001:db8::/32" in listed, listed
+
+    out = deploy(vm)
+    assert f"  firewall   port 5000 open to everyone ({firewall}; --allow-from CIDR limits it)" in out, out
+    assert (src.from_here(), src.from_sibling()) == (200, 200)
+    listed = vm.sh(rules)
+    assert src.sibling not in listed and "2001:db8" not in listed, listed
+
+    destroy(vm)
+    assert "5000" not in vm.sh(rules)
+
+
+def test_ufw(vm: VM, sources: Sources) -> None:
+    vm.sh("apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q ufw >/dev/null"
+          " && ufw allow 22/tcp >/dev/null && ufw --force enable >/dev/null")
+    prove_the_allowlist(vm, sources, "ufw", "ufw status")
+    assert "mlflow" not in vm.sh("ufw status")
+    assert vm.sh("ufw status").startswith("Status: active")  # destroy closed our port, not the firewall
+
+
+def test_firewalld(vm: VM, sources: Sources) -> None:
+    vm.sh("ufw --force disable >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get purge -y -q ufw >/dev/null"
+          " && DEBIAN_FRONTEND=noninteractive apt-get install -y -q firewalld >/dev/null"
+          " && systemctl is-active firewalld")
+    both = "firewall-cmd --list-all && firewall-cmd --permanent --list-all"
+    prove_the_allowlist(vm, sources, "firewalld", both)
+    assert "rule family" not in vm.sh(both)
