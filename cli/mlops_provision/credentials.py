@@ -8,6 +8,7 @@ only through the 0600 extra-vars file of one run and then the 0640 environment f
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Mapping
@@ -79,11 +80,38 @@ def _require(kind: str, values: Mapping[str, Any], found: Mapping[str, str]) -> 
         _require_file("--gcs-credentials-file", values.get("mlflow_gcs_credentials_file", ""), json_key="type")
     if kind == "sftp":
         _require_file("--sftp-key-file", values.get("mlflow_sftp_private_key_file", ""))
+        _require_rsa_key("--sftp-key-file", values["mlflow_sftp_private_key_file"])
+        if not values.get("mlflow_sftp_known_hosts"):
+            _require_file("--sftp-known-hosts-file", values.get("mlflow_sftp_known_hosts_file", ""),
+                          hint=" (the SFTP server's host key, e.g. from `ssh-keyscan HOST` checked against the"
+                               " server: it is never trusted on first use)")
 
 
-def _require_file(flag: str, path: str, json_key: str | None = None) -> None:
+def _require_rsa_key(flag: str, path: str) -> None:
+    """MLflow's SFTP store (pysftp) loads RSA and DSA keys only: any other key would fail only
+    at the store probe, with paramiko's "not a valid DSA private key file"."""
+    text = Path(path).read_text(errors="replace")
+    if "-----BEGIN RSA PRIVATE KEY-----" in text:
+        return
+    kind = "not a private key"
+    if "-----BEGIN OPENSSH PRIVATE KEY-----" in text:
+        body = "".join(line for line in text.splitlines() if line and not line.startswith("-----"))
+        try:
+            head = base64.b64decode(body)[:200]  # the public part, with the key type, is not encrypted
+        except ValueError:
+            head = b""
+        if b"ssh-rsa" in head:
+            return
+        kind = next((t for t in ("ed25519", "ecdsa", "dss") if t.encode() in head), "an OpenSSH key of another type")
+    elif "PRIVATE KEY-----" in text:
+        kind = text.split("-----BEGIN ", 1)[1].split("-----", 1)[0].lower()
+    raise UsageError(f"{flag} {path}: MLflow's SFTP store loads RSA keys only, and this is {kind}; "
+                     "make one with: ssh-keygen -t rsa -b 4096 -m PEM -f KEY")
+
+
+def _require_file(flag: str, path: str, json_key: str | None = None, hint: str = "") -> None:
     if not path:
-        raise UsageError(f"{flag} is needed for this artifact store")
+        raise UsageError(f"{flag} is needed for this artifact store{hint}")
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"{flag} {path}: file not found")

@@ -237,8 +237,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("s3-ignore-tls", "mlflow_s3_ignore_tls", "bool", "do not verify the S3 endpoint's certificate (insecure)"),
     Option("gcs-credentials-file", "mlflow_gcs_credentials_file", "str",
            "service-account JSON on this machine, for gs:// (pushed 0600 to the host)", None),
+    Option("gcs-endpoint-url", "mlflow_gcs_endpoint_url", "str",
+           "GCS emulator endpoint for gs://, e.g. http://gcs-emulator.example.internal:4443 (the server "
+           "then talks to it without credentials)", check_index_url),
     Option("sftp-key-file", "mlflow_sftp_private_key_file", "str",
            "private key on this machine for sftp:// (pushed 0600 for the service user)", None),
+    Option("sftp-known-hosts-file", "mlflow_sftp_known_hosts_file", "str",
+           "known_hosts file on this machine with the SFTP server's host key, for sftp://", None),
     Option("auth", "mlflow_auth", "choice",
            "basic (default: MLflow's basic-auth app, an admin password generated on this machine) or none "
            "(anyone who reaches the port can read and delete everything)", choices=("basic", "none")),

@@ -57,7 +57,8 @@ def store_env(values: dict[str, Any]) -> dict[str, str]:
     env = derive.store_env(values["mlflow_config_dir"], s3_region=values["mlflow_s3_region"],
                            s3_endpoint_url=values["mlflow_s3_endpoint_url"], s3_ca_bundle=values["mlflow_s3_ca_bundle"],
                            s3_ignore_tls=values["mlflow_s3_ignore_tls"],
-                           gcs_credentials_file=values["mlflow_gcs_credentials_file"], **masked)
+                           gcs_credentials_file=values["mlflow_gcs_credentials_file"],
+                           gcs_endpoint_url=values["mlflow_gcs_endpoint_url"], **masked)
     return {name: str(value) for name, value in env.items()}
 
 

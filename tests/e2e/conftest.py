@@ -71,6 +71,11 @@ class VM:
     def main_pid(self) -> str:
         return self.sh("systemctl show -p MainPID --value mlflow.service").strip()
 
+    def process_venv(self) -> str:
+        """The venv the running main process was started from (its argv[0]), not what `current` says."""
+        argv0 = self.sh(f"tr '\\0' '\\n' < /proc/{self.main_pid()}/cmdline | head -1").strip()
+        return argv0.rsplit("/bin/", 1)[0]
+
     def digest(self, path: str) -> str:
         return self.sh(f"sha256sum {path}").split()[0]
 

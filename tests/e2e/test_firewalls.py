@@ -110,6 +110,9 @@ def prove_the_allowlist(vm: VM, src: Sources, firewall: str, rules: str) -> None
     listed = vm.sh(rules)
     assert src.gateway not in listed, listed  # the old allowlist left nothing behind
     assert src.sibling in listed and "2001:db8::/32" in listed, listed
+    out = deploy(vm, "--allow-from", f"{src.sibling}/32", "--allow-from", "2001:db8::/32")
+    assert "changed=0" in out, out  # the rules read back as what was asked: nothing re-added
+    assert vm.sh(rules) == listed
 
     out = deploy(vm)
     assert f"  firewall   port 5000 open to everyone ({firewall}; --allow-from CIDR limits it)" in out, out

@@ -42,17 +42,12 @@ def process_env(vm: VM) -> dict[str, str]:
     return dict(line.split("=", 1) for line in raw.splitlines() if "=" in line)
 
 
-def process_venv(vm: VM) -> str:
-    argv0 = vm.sh(f"tr '\\0' '\\n' < /proc/{vm.main_pid()}/cmdline | head -1").strip()
-    return argv0.rsplit("/bin/", 1)[0]
-
-
 def converged(vm: VM, workers: str) -> None:
     """What runs is what the files say: workers from the env file, the venv `current` names."""
     assert vm.sh("systemctl is-active mlflow.service").strip() == "active"
     assert process_env(vm)["MLFLOW_WORKERS"] == workers
     assert f'MLFLOW_WORKERS="{workers}"' in vm.sh("cat /etc/mlflow/mlflow.env")
-    assert process_venv(vm) == vm.sh("readlink -f /opt/mlflow/current").strip()
+    assert vm.process_venv() == vm.sh("readlink -f /opt/mlflow/current").strip()
 
 
 def changed(out: str) -> int:
@@ -92,16 +87,16 @@ def test_killed_after_the_env_file_was_rendered_converges(vm: VM) -> None:
 
 
 def test_killed_after_current_switched_converges(vm: VM) -> None:
-    running = process_venv(vm)
+    running = vm.process_venv()
     rc, _, _, _ = deploy_until(vm, r"Service \| Reset the start limit", signal.SIGKILL, "--workers", "2", "-e", SIX)
     assert rc == -signal.SIGKILL
     switched = vm.sh("readlink -f /opt/mlflow/current").strip()
-    assert switched != running and process_venv(vm) == running  # the old venv still runs
+    assert switched != running and vm.process_venv() == running  # the old venv still runs
     proc = cli("deploy", "--host", vm.name, "--workers", "2", "-e", SIX)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"restarted  yes: MLflow 3\.17\.2 -> 3\.17\.2 \(new venv\)", proc.stdout), proc.stdout
     converged(vm, "2")
-    assert process_venv(vm) == switched
+    assert vm.process_venv() == switched
     assert vm.sh(f"test -x {running}/bin/python && echo kept").strip() == "kept"  # rollback target kept
 
 

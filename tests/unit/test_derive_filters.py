@@ -303,6 +303,13 @@ def test_store_env_gcs_points_at_the_pushed_credentials() -> None:
     assert env == {"GOOGLE_APPLICATION_CREDENTIALS": "/etc/ml flow/gcs-credentials.json"}
 
 
+def test_store_env_gcs_endpoint_is_the_emulator_host_with_its_scheme() -> None:
+    # google-cloud-storage reads STORAGE_EMULATOR_HOST as a base URL: the scheme must stay.
+    env = d.store_env("/etc/mlflow", gcs_credentials_file="/home/op/sa.json", gcs_endpoint_url="http://10.0.2.2:4443")
+    assert env == {"GOOGLE_APPLICATION_CREDENTIALS": "/etc/mlflow/gcs-credentials.json",
+                   "STORAGE_EMULATOR_HOST": "http://10.0.2.2:4443"}
+
+
 # --- network ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("bind", "tls", "address"), [

@@ -175,7 +175,10 @@ def test_azure_and_gcs_settings_render() -> None:
     spec = build_spec({"artifacts_destination": "gs://bucket/x", "gcs_credentials_file": "/tmp/sa.json"}, environ={})
     env = _env_lines(render_files(spec)["mlflow.env"])
     assert env["GOOGLE_APPLICATION_CREDENTIALS"] == "/etc/mlflow/gcs-credentials.json"
-    assert not [name for name in env if name.startswith(("AWS_", "AZURE_"))]
+    assert not [name for name in env if name.startswith(("AWS_", "AZURE_"))] and "STORAGE_EMULATOR_HOST" not in env
+    spec = build_spec({"artifacts_destination": "gs://bucket/x", "gcs_credentials_file": "/tmp/sa.json",
+                       "gcs_endpoint_url": "http://gcs.example:4443"}, environ={})
+    assert _env_lines(render_files(spec)["mlflow.env"])["STORAGE_EMULATOR_HOST"] == "http://gcs.example:4443"
 
 
 def test_managed_postgresql_on_a_named_host() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ BAD_FLAGS = [
     ({"artifacts_destination": "wasbs://nocontainer"}, "--artifacts-destination: 'wasbs://nocontainer' must "
      "look like wasbs://CONTAINER@ACCOUNT.blob.core.windows.net/path"),
     ({"artifacts_destination": "gs:/x"}, "--artifacts-destination: 'gs:/x' is not a supported artifact location"),
+    ({"gcs_endpoint_url": "127.0.0.1:4443"}, "--gcs-endpoint-url: '127.0.0.1:4443' is not an http(s) URL"),
     ({"artifacts_destination": "relative/dir"}, "--artifacts-destination: 'relative/dir' is not a supported"),
     ({"artifacts_destination": "/srv/artifacts"}, "--artifacts-destination: '/srv/artifacts' must be a path "
      "inside /var/lib/mlflow"),
@@ -158,6 +160,22 @@ def test_store_credentials_are_required_and_named(tmp_path: Path) -> None:
     sftp = build_spec({"artifacts_destination": "sftp://u@host1/srv/a"}, environ={})
     with pytest.raises(UsageError, match=r"^--sftp-key-file is needed"):
         credentials.resolve(sftp.effective, {}, tmp_path, required=True)
+    keys = {}
+    for kind in ("ed25519", "rsa"):
+        keys[kind] = tmp_path / f"id_{kind}"
+        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(keys[kind])], check=True)
+    sftp = build_spec({"artifacts_destination": "sftp://u@host1/srv/a", "sftp_key_file": str(keys["ed25519"])},
+                      environ={})
+    with pytest.raises(UsageError, match=r"id_ed25519: MLflow's SFTP store loads RSA keys only, and this is ed25519"):
+        credentials.resolve(sftp.effective, {}, tmp_path, required=True)
+    sftp = build_spec({"artifacts_destination": "sftp://u@host1/srv/a", "sftp_key_file": str(keys["rsa"])},
+                      environ={})
+    with pytest.raises(UsageError, match=r"^--sftp-known-hosts-file is needed for this artifact store \(the SFTP"):
+        credentials.resolve(sftp.effective, {}, tmp_path, required=True)
+    (tmp_path / "known_hosts").write_text("host1 ssh-ed25519 AAAA\n")
+    sftp = build_spec({"artifacts_destination": "sftp://u@host1/srv/a", "sftp_key_file": str(keys["rsa"]),
+                       "sftp_known_hosts_file": str(tmp_path / "known_hosts")}, environ={})
+    assert credentials.resolve(sftp.effective, {}, tmp_path, required=True) == {}
     with pytest.raises(UsageError, match="AWS_SECRET_ACCESS_KEY \\(environment\\): contains a newline"):
         credentials.resolve(s3, {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b\nc"}, tmp_path, True)
 

@@ -11,12 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+
+# Pure-Python packages published as source only, needed by a store client (pysftp for
+# sftp://): built into py3-none-any wheels here, since the host installs wheels only.
+SOURCE_ONLY = {"pysftp"}
 
 
 def platform_tags(glibc: str, machine: str) -> list[str]:
@@ -45,7 +51,15 @@ def main() -> int:
     abi = "cp" + args.python.replace(".", "")
     with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
         dest = Path(tmp) / "wheels"
+        built = [r for r in args.requirements if re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower() in SOURCE_ONLY]
+        if built:
+            proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                                   "--no-deps", "--wheel-dir", str(dest), *built], capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stderr[-3000:])
+                return proc.returncode
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+               "--find-links", str(dest),
                "--dest", str(dest), "--only-binary=:all:", "--python-version", args.python,
                "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none"]
         for tag in platform_tags(args.glibc, args.machine):

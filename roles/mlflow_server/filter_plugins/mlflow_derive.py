@@ -155,10 +155,14 @@ def gcs_credentials_path(config_dir: str) -> str:
 def store_env(config_dir: str, *, s3_access_key_id: Any = "", s3_secret_access_key: Any = "",
               s3_region: Any = "", s3_endpoint_url: Any = "", s3_ca_bundle: Any = "", s3_ignore_tls: Any = False,
               azure_connection_string: Any = "", azure_account_key: Any = "",
-              gcs_credentials_file: Any = "") -> dict[str, Any]:
+              gcs_credentials_file: Any = "", gcs_endpoint_url: Any = "") -> dict[str, Any]:
     """The artifact store's settings and credentials for the environment file, by environment
     variable; empty values are left out. The keyword names are the role variables' without
-    their mlflow_ prefix."""
+    their mlflow_ prefix.
+
+    gcs_endpoint_url becomes STORAGE_EMULATOR_HOST, which google-cloud-storage takes with its
+    scheme (http://host:port); with it set the client sends no credentials (anonymous, as
+    emulators expect) and does not read GOOGLE_APPLICATION_CREDENTIALS."""
     env = {
         "AWS_ACCESS_KEY_ID": s3_access_key_id,
         "AWS_SECRET_ACCESS_KEY": s3_secret_access_key,
@@ -169,6 +173,7 @@ def store_env(config_dir: str, *, s3_access_key_id: Any = "", s3_secret_access_k
         "AZURE_STORAGE_CONNECTION_STRING": azure_connection_string,
         "AZURE_STORAGE_ACCESS_KEY": azure_account_key,
         "GOOGLE_APPLICATION_CREDENTIALS": gcs_credentials_path(config_dir) if gcs_credentials_file else "",
+        "STORAGE_EMULATOR_HOST": gcs_endpoint_url,
     }
     return {name: value for name, value in env.items() if value}
 
