@@ -12,6 +12,9 @@ next; tests marked `ends_shared_server` (destroy) run after every other test of 
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import json
 import os
 import re
 import signal
@@ -19,6 +22,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -102,6 +106,36 @@ def shared_server() -> Iterator[VM]:
     os.environ["MLOPS_PROVISION_HOME"] = SHARED_STATE
     next(boxes, None)  # sandbox down
     os.environ["MLOPS_PROVISION_HOME"] = before
+
+
+@dataclass
+class PodmanNetwork:
+    name: str
+    subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
+    addresses: dict[str, str]  # container -> its address on this network
+
+
+@contextlib.contextmanager
+def podman_network(name: str, *vms: VM) -> Iterator[PodmanNetwork]:
+    """An internal podman network made for one module (no route out of it; each VM keeps its
+    one default route, to this machine), with vms connected to it; removed afterwards."""
+    podman = ["podman", "network"]
+    subprocess.run([*podman, "rm", "--force", name], capture_output=True)
+    subprocess.run([*podman, "create", "--internal", name], check=True, capture_output=True)
+    try:
+        addresses = {}
+        for vm in vms:
+            subprocess.run([*podman, "connect", name, vm.container], check=True, capture_output=True)
+            inspect = json.loads(subprocess.run(["podman", "inspect", vm.container], check=True,
+                                                capture_output=True, text=True).stdout)[0]
+            addresses[vm.container] = inspect["NetworkSettings"]["Networks"][name]["IPAddress"]
+        subnet = json.loads(subprocess.run([*podman, "inspect", name], check=True, capture_output=True,
+                                           text=True).stdout)[0]["subnets"][0]["subnet"]
+        yield PodmanNetwork(name, ipaddress.ip_network(subnet), addresses)
+    finally:
+        for vm in vms:
+            subprocess.run([*podman, "disconnect", "--force", name, vm.container], capture_output=True)
+        subprocess.run([*podman, "rm", "--force", name], capture_output=True)
 
 
 def deploy_until(vm: VM, pattern: str, sig: int, *args: str, verb: str = "deploy") -> tuple[int, str, str, float]:

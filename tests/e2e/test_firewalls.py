@@ -7,7 +7,6 @@ behind, no allowlist opens the port to both, and destroy removes every rule this
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import subprocess
 import urllib.error
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.e2e.conftest import VM, cli
+from tests.e2e.conftest import VM, cli, podman_network
 
 pytestmark = pytest.mark.e2e
 PROBE = ("import sys, urllib.request, urllib.error\n"
@@ -65,26 +64,12 @@ def vm() -> Iterator[VM]:
 
 @pytest.fixture(scope="module")
 def sources(vm: VM) -> Iterator[Sources]:
-    network = f"mlops-e2e-fw-{vm.name}"
-    subprocess.run(["podman", "network", "rm", "--force", network], capture_output=True)
-    # Internal: no route out of it, and the VM keeps its one default route (to this machine).
-    subprocess.run(["podman", "network", "create", "--internal", network], check=True, capture_output=True)
     gateway = vm.sh("ip -4 route show default | awk '{print $3}'").strip()
-    try:
-        subprocess.run(["podman", "network", "connect", network, vm.container], check=True, capture_output=True)
-        inspect = json.loads(subprocess.run(["podman", "inspect", vm.container], check=True,
-                                            capture_output=True, text=True).stdout)[0]
-        subnet = ipaddress.ip_network(json.loads(subprocess.run(
-            ["podman", "network", "inspect", network], check=True, capture_output=True,
-            text=True).stdout)[0]["subnets"][0]["subnet"])
-        yield Sources(
-            gateway=gateway,
-            sibling=str(subnet.network_address + 200),
-            vm_on_net=inspect["NetworkSettings"]["Networks"][network]["IPAddress"],
-            network=network, image=inspect["ImageName"], url=vm.url)
-    finally:
-        subprocess.run(["podman", "network", "disconnect", "--force", network, vm.container], capture_output=True)
-        subprocess.run(["podman", "network", "rm", "--force", network], capture_output=True)
+    image = json.loads(subprocess.run(["podman", "inspect", vm.container], check=True,
+                                      capture_output=True, text=True).stdout)[0]["ImageName"]
+    with podman_network(f"mlops-e2e-fw-{vm.name}", vm) as net:
+        yield Sources(gateway=gateway, sibling=str(net.subnet.network_address + 200),
+                      vm_on_net=net.addresses[vm.container], network=net.name, image=image, url=vm.url)
 
 
 def deploy(vm: VM, *args: str) -> str:

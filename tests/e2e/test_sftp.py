@@ -7,14 +7,13 @@ nowhere else; without the server's host key the deploy is refused before it star
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import LEAN, VM, cli, places_where_secrets_must_not_be
+from tests.e2e.conftest import LEAN, VM, cli, places_where_secrets_must_not_be, podman_network
 from tests.e2e.test_artifacts import log_big_artifact
 
 pytestmark = pytest.mark.e2e
@@ -54,23 +53,12 @@ def store(vm: VM, ssh_server: VM, key: Path, tmp_path_factory: pytest.TempPathFa
                    check=True)
     ssh_server.sh(f"chown {STORE_USER} /home/{STORE_USER}/.ssh/authorized_keys"
                   f" && chmod 600 /home/{STORE_USER}/.ssh/authorized_keys")
-    network = "mlops-e2e-sftp"
-    subprocess.run(["podman", "network", "rm", "--force", network], capture_output=True)
-    subprocess.run(["podman", "network", "create", "--internal", network], check=True, capture_output=True)
-    try:
-        for box in (vm, ssh_server):
-            subprocess.run(["podman", "network", "connect", network, box.container], check=True, capture_output=True)
-        inspect = json.loads(subprocess.run(["podman", "inspect", ssh_server.container], check=True,
-                                            capture_output=True, text=True).stdout)[0]
-        address = inspect["NetworkSettings"]["Networks"][network]["IPAddress"]
+    with podman_network("mlops-e2e-sftp", vm, ssh_server) as net:
+        address = net.addresses[ssh_server.container]
         known_hosts = tmp_path_factory.mktemp("sftp-known") / "known_hosts"
         host_key = ssh_server.sh("cat /etc/ssh/ssh_host_ed25519_key.pub").split()[:2]
         known_hosts.write_text(f"{address} {' '.join(host_key)}\n")
         yield {"uri": f"sftp://{STORE_USER}@{address}{STORE_DIR}", "known_hosts": str(known_hosts)}
-    finally:
-        for box in (vm, ssh_server):
-            subprocess.run(["podman", "network", "disconnect", "--force", network, box.container], capture_output=True)
-        subprocess.run(["podman", "network", "rm", "--force", network], capture_output=True)
 
 
 def deploy(vm: VM, *args: str) -> subprocess.CompletedProcess[str]:
