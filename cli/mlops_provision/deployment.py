@@ -90,6 +90,9 @@ class Deployment:
     # What a killed deploy left unfinished and this one put back first: its marker on the host,
     # {"kind": "migration" | "restore", "backup": PATH, ...} (backend/recover.yml).
     recovered: dict[str, Any] = field(default_factory=dict)
+    # The deploy found the host as its last finished deploy left it and ended early
+    # (roles/mlflow_server/tasks/nothing_to_do.yml).
+    unchanged: bool = False
 
     @classmethod
     def from_fact(cls, fact: dict[str, Any]) -> Deployment:
@@ -118,4 +121,5 @@ class Deployment:
             backup=_str(get("backup")).strip(),
             restored=_dict(get("restored")),
             recovered=_dict(get("recovered")),
+            unchanged=_bool(get("unchanged")),
         )

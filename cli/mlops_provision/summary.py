@@ -74,6 +74,8 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
             lines += [
                 f"  URL        {url}",
                 f"  MLflow     {dep.version or '?'}",
+                *(["  checked    nothing to do: files, units, firewall and process as the last deploy left them;"
+                   " /health, /version and the login answer"] if dep.unchanged else []),
                 *([f"  restarted  yes: {'; '.join(dep.restart_reasons) or 'reason not reported'}"]
                   if dep.restarted and not check_mode else []),
                 *_migration_lines(dep),

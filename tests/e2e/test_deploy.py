@@ -100,6 +100,29 @@ def test_second_deploy_changes_nothing_and_does_not_restart(vm: VM) -> None:
     assert re.search(rf"{vm.name}: up to date \(no changes\)  \[ok=\d+ changed=0 failed=0 unreachable=0\]",
                      proc.stdout), proc.stdout
     assert vm.main_pid() == pid
+    # The host runs what the first deploy left: one check, and the play ends (nothing_to_do.yml).
+    assert NOTHING_TO_DO in proc.stdout, proc.stdout
+
+
+NOTHING_TO_DO = "checked    nothing to do: files, units, firewall and process as the last deploy left them"
+
+
+def test_a_hand_edit_or_a_restart_since_the_last_deploy_gets_the_full_deploy(vm: VM) -> None:
+    vm.sh("echo 'MLFLOW_WORKERS=\"1\"' >> /etc/mlflow/mlflow.env")
+    proc = cli("deploy", "--host", vm.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert NOTHING_TO_DO not in proc.stdout
+    assert "restarted  yes: configuration changed" in proc.stdout, proc.stdout
+    assert 'MLFLOW_WORKERS="1"' not in vm.sh("cat /etc/mlflow/mlflow.env")
+    # Same files, but not the process the last deploy verified: checked in full, nothing to change.
+    vm.sh("systemctl restart mlflow.service")
+    pid = vm.main_pid()
+    proc = cli("deploy", "--host", vm.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert NOTHING_TO_DO not in proc.stdout and "changed=0" in proc.stdout, proc.stdout
+    assert vm.main_pid() == pid
+    proc = cli("deploy", "--host", vm.name)
+    assert proc.returncode == 0 and NOTHING_TO_DO in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_installed_files_equal_the_cli_render_byte_for_byte(vm: VM) -> None:

@@ -1,0 +1,129 @@
+"""The record of the last finished deploy and the "nothing to do" check
+(roles/mlflow_server/files/deploy_record.py), and the control node's digest of what a deploy is
+asked for (filter_plugins/deploy_digest.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, load_module
+
+ROLE = ROOT / "roles" / "mlflow_server"
+digests = load_module(ROLE / "filter_plugins" / "deploy_digest.py", "deploy_digest_filters")
+
+
+@pytest.fixture()
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    module = load_module(ROLE / "files" / "deploy_record.py", "deploy_record_host")
+    monkeypatch.setattr(module, "LOCK", str(tmp_path / "run" / "deploy.lock"))
+    monkeypatch.setattr(module, "live", lambda checks: "")  # no server here; tested on the VM (e2e)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "mlflow.env").write_text('MLFLOW_WORKERS="4"\n')
+    (tmp_path / "etc" / "previous").mkdir()
+    (tmp_path / "etc" / "previous" / "mlflow.env").write_text('MLFLOW_WORKERS="2"\n')
+    return module
+
+
+def spec(tmp_path: Path) -> dict[str, Any]:
+    return {"record": str(tmp_path / "etc" / "deploy-record.json"),
+            "files": [str(tmp_path / "etc"), str(tmp_path / "marker.json"), str(tmp_path / "unit*")],
+            "stats": [str(tmp_path / "data")], "units": [],
+            "commands": [["sh", "-c", "cat " + str(tmp_path / "rules")]]}
+
+
+def run(host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        *args: str) -> dict[str, Any]:
+    monkeypatch.setattr(sys, "argv", ["deploy_record.py", *args])
+    assert host.main() == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def record(host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+           tmp_path: Path, digest: str = "D1") -> dict[str, Any]:
+    facts = json.dumps({"server": {"version": "3.17.2"}, "proxy": {}})
+    return run(host, monkeypatch, capsys, "record", "--digest", digest, "--spec", json.dumps(spec(tmp_path)),
+               "--facts", facts)
+
+
+def check(host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+          tmp_path: Path, digest: str = "D1") -> dict[str, Any]:
+    return run(host, monkeypatch, capsys, "check", "--digest", digest, "--spec", json.dumps(spec(tmp_path)),
+               "--live", "{}")
+
+
+def test_nothing_changed_is_converged_and_returns_the_recorded_summary(
+        host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert check(host, monkeypatch, capsys, tmp_path) == {"converged": False,
+                                                          "reason": "no record of a finished deploy"}
+    assert record(host, monkeypatch, capsys, tmp_path) == {"recorded": True, "reason": ""}
+    assert (tmp_path / "etc" / "deploy-record.json").stat().st_mode & 0o777 == 0o600
+    done = check(host, monkeypatch, capsys, tmp_path)
+    assert done["converged"] is True and done["deployment"]["server"] == {"version": "3.17.2"}
+    # The record itself is not part of what it compares.
+    assert check(host, monkeypatch, capsys, tmp_path)["converged"] is True
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (lambda p: (p / "etc" / "mlflow.env").write_text('MLFLOW_WORKERS="8"\n'), "etc/mlflow.env"),
+    (lambda p: (p / "etc" / "previous" / "mlflow.env").chmod(0o666), "etc/previous/mlflow.env"),
+    (lambda p: (p / "etc" / "previous" / "mlflow.env").unlink(), "etc/previous/mlflow.env"),
+    (lambda p: (p / "etc" / "drop-in.conf").write_text("x"), "etc/drop-in.conf"),
+    (lambda p: (p / "marker.json").write_text("{}"), "marker.json"),  # a killed migration's marker
+    (lambda p: (p / "unit.service").write_text("[Unit]"), "unit.service"),  # a glob matches a new file
+    (lambda p: (p / "data").mkdir(), "data"),
+    (lambda p: (p / "rules").write_text("accept"), "commands:sh -c cat"),
+])
+def test_any_change_on_the_host_is_named_and_not_converged(
+        host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+        change: Any, named: str) -> None:
+    record(host, monkeypatch, capsys, tmp_path)
+    change(tmp_path)
+    result = check(host, monkeypatch, capsys, tmp_path)
+    assert result["converged"] is False
+    assert result["reason"].startswith("changed on the host: ") and named in result["reason"], result
+
+
+def test_another_digest_or_a_held_lock_is_not_converged_and_a_held_lock_is_not_recorded(
+        host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    record(host, monkeypatch, capsys, tmp_path)
+    assert check(host, monkeypatch, capsys, tmp_path, "D2") == {
+        "converged": False, "reason": "this deploy asks for something else"}
+    lease = Path(host.LOCK)
+    lease.write_text(json.dumps({"run_id": "B", "expires": time.time() + 60}))
+    assert check(host, monkeypatch, capsys, tmp_path)["reason"] == "another deploy holds the host's lock"
+    assert record(host, monkeypatch, capsys, tmp_path, "D2") == {
+        "recorded": False, "reason": "another deploy took the host's lock"}
+    lease.write_text(json.dumps({"run_id": "B", "expires": time.time() - 1}))  # expired: free
+    assert check(host, monkeypatch, capsys, tmp_path)["converged"] is True
+
+
+def test_a_server_that_does_not_answer_is_not_converged(
+        host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    record(host, monkeypatch, capsys, tmp_path)
+    monkeypatch.setattr(host, "live", lambda checks: "/health answered 503")
+    assert check(host, monkeypatch, capsys, tmp_path) == {"converged": False, "reason": "/health answered 503"}
+
+
+def test_the_live_check_reads_the_admin_password_as_configparser_writes_it(host: ModuleType, tmp_path: Path) -> None:
+    ini = tmp_path / "basic_auth.ini"
+    ini.write_text("[mlflow]\nadmin_username = admin\nadmin_password = 100%%sure-secret\n")
+    assert host._admin(str(ini)) == ("admin", "100%sure-secret")
+
+
+def test_the_digest_changes_with_any_value_and_any_file_of_the_code(tmp_path: Path) -> None:
+    (tmp_path / "roles").mkdir()
+    (tmp_path / "roles" / "main.yml").write_text("a: 1\n")
+    roots = [str(tmp_path / "roles")]
+    first = digests.desired_digest({"vars": {"mlflow_port": 5000}}, roots)
+    assert digests.desired_digest({"vars": {"mlflow_port": 5000}}, roots) == first
+    assert digests.desired_digest({"vars": {"mlflow_port": 5001}}, roots) != first
+    digests._tree_digest.cache_clear()  # one ansible-playbook run never sees its code change
+    (tmp_path / "roles" / "main.yml").write_text("a: 2\n")
+    assert digests.desired_digest({"vars": {"mlflow_port": 5000}}, roots) != first
