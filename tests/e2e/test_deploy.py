@@ -217,7 +217,7 @@ def test_destroy_removes_service_keeps_data_then_purges(vm: VM) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"{vm.name}: removed (data in /var/lib/mlflow kept" in proc.stdout
     assert vm.sh("systemctl list-unit-files mlflow.service --no-legend", check=False).strip() == ""
-    assert vm.sh("ls /opt/mlflow /etc/mlflow 2>&1 || true").count("No such file") == 2
+    assert vm.sh("ls /opt/mlflow /etc/mlflow /var/lib/mlops-provision 2>&1 || true").count("No such file") == 3
     assert vm.sh("test -f /var/lib/mlflow/mlflow.db && echo kept").strip() == "kept"
     assert vm.sh("pgrep -u mlflow || true").strip() == ""  # no worker left behind
     proc = cli("destroy", "--host", vm.name, "--yes", "--purge-data")

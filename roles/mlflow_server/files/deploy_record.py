@@ -214,6 +214,7 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
         body = {"digest": args.digest, "snapshot": snapshot(spec), "facts": json.loads(args.facts),
                 "recorded": time.time()}
         directory = os.path.dirname(spec["record"])
+        os.makedirs(directory, mode=0o700, exist_ok=True)
         fd2, tmp = tempfile.mkstemp(dir=directory, prefix=".deploy-record.")
         with os.fdopen(fd2, "w", encoding="utf-8") as out:
             json.dump(body, out)
