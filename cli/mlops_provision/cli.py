@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     _target_options(deploy)
     deploy.add_argument("--force", action="store_true",
                         help="allow switching an existing server to another backend store")
+    deploy.add_argument("--full", action="store_true",
+                        help="walk every step even when the host runs exactly what is asked "
+                             "(by default such a deploy ends after one check)")
     _lock_option(deploy)
 
     backup = sub.add_parser("backup", help="copy a server's databases and local artifacts into one archive here "

@@ -123,6 +123,9 @@ def test_a_hand_edit_or_a_restart_since_the_last_deploy_gets_the_full_deploy(vm:
     assert vm.main_pid() == pid
     proc = cli("deploy", "--host", vm.name)
     assert proc.returncode == 0 and NOTHING_TO_DO in proc.stdout, proc.stdout + proc.stderr
+    proc = cli("deploy", "--host", vm.name, "--full")  # walks every step anyway
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert NOTHING_TO_DO not in proc.stdout and "changed=0" in proc.stdout, proc.stdout
 
 
 def test_installed_files_equal_the_cli_render_byte_for_byte(vm: VM) -> None:

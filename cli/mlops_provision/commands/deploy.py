@@ -44,6 +44,8 @@ def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, A
     extravars["mlflow_tls_fetch_dir"] = str(tls_dir)
     if args.force:
         extravars["mlflow_force"] = True
+    if getattr(args, "full", False):  # restore shares this function and has no --full
+        extravars["mlflow_full_deploy"] = True
     if args.allow_insecure_version or spec.config.get("allow_insecure_version"):
         extravars["mlflow_allow_insecure_version"] = True
     if restore_from is not None:
