@@ -300,6 +300,7 @@ class Bench:
         playbook = re.search(r"^duration ([0-9.]+) s", output, re.MULTILINE)
         if playbook:
             detail["playbook_s"] = float(playbook.group(1))
+        detail["nothing_to_do"] = "checked    nothing to do" in output
         detail.update(_task_times(ran))
         return seconds, detail
 
@@ -389,6 +390,8 @@ class Bench:
             seconds, detail = self.deploy(box, f"{box.name}-redeploy-{index}")
             if detail.get("changed"):
                 self.log(f"warning: re-deploy #{index} reported changed={detail['changed']} (not idempotent)")
+            if not detail.get("nothing_to_do"):
+                self.log(f"warning: re-deploy #{index} did not end at the nothing-to-do check")
             self.results["redeploy"].samples.append(round(seconds, 2))
             self.note_window("redeploy", seconds)
             self.results["redeploy"].details.append(detail)
