@@ -32,7 +32,8 @@ from tests.conftest import CLI, wait_until_none_with_env
 
 os.environ["MLOPS_PROVISION_HOME"] = tempfile.mkdtemp(prefix="mlops-e2e-state-")
 SHARED_STATE = tempfile.mkdtemp(prefix="mlops-e2e-shared-state-")
-SHARED_SANDBOX = "e2e-debian12"
+# Another name lets a module run beside a full run (which uses the default) on the same machine.
+SHARED_SANDBOX = os.environ.get("MLOPS_E2E_SHARED_SANDBOX", "e2e-debian12")
 # Modules whose subject is not the server's defaults (stores, backends, upgrades, backups) deploy
 # with 2 uvicorn workers: each start then costs about half the CPU on these 2-core machines.
 # The shared-server modules prove the defaults (4 workers).
