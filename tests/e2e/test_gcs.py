@@ -55,14 +55,17 @@ def gcs() -> Iterator[GcsEmulator]:
 
 @pytest.fixture(scope="module")
 def key(tmp_path_factory: pytest.TempPathFactory) -> Key:
+    return write_key(tmp_path_factory.mktemp("gcs") / "sa.json")
+
+
+def write_key(path: Path) -> Key:
     """A service-account key file as Google issues them, with a fresh 2048-bit RSA key."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    path = tmp_path_factory.mktemp("gcs") / "sa.json"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump({"type": "service_account", "project_id": "mlops-provision-test",
                    "private_key_id": os.urandom(20).hex(), "private_key": pem, "client_email": SERVICE_ACCOUNT,
@@ -79,6 +82,10 @@ def vm() -> Iterator[VM]:
 
 @pytest.fixture(scope="module")
 def deployed(vm: VM, gcs: GcsEmulator, key: Key) -> subprocess.CompletedProcess[str]:
+    return deploy(vm, gcs, key)
+
+
+def deploy(vm: VM, gcs: GcsEmulator, key: Key) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("AWS_", "AZURE_", "MLFLOW_", "GOOGLE_", "STORAGE_EMULATOR_"))}
     started = time.monotonic()
@@ -158,3 +165,17 @@ def test_the_key_file_is_handled_like_the_other_secrets(vm: VM, key: Key,
     places = places_where_secrets_must_not_be(vm, OUTPUTS)
     leaked = {name for name, text in places.items() for line in key.pem_lines if line in text}
     assert leaked == set()
+
+
+def test_a_key_replaced_at_the_same_path_is_deployed(vm: VM, gcs: GcsEmulator, key: Key,
+                                                     deployed: subprocess.CompletedProcess[str]) -> None:
+    """A rotated key in the same file is a change, never "nothing to do" (the digest reads the content)."""
+    assert deploy(vm, gcs, key).returncode == 0
+    assert "checked    nothing to do" in OUTPUTS[-1], OUTPUTS[-1]  # unchanged: the short way
+    rotated = write_key(key.path)
+    proc = deploy(vm, gcs, rotated)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "checked    nothing to do" not in proc.stdout
+    assert "restarted  yes" in proc.stdout, proc.stdout
+    assert vm.digest(KEY_ON_HOST) == hashlib.sha256(rotated.path.read_bytes()).hexdigest()
+    assert not any(line in proc.stdout + proc.stderr for line in rotated.pem_lines)

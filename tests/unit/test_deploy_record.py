@@ -127,3 +127,15 @@ def test_the_digest_changes_with_any_value_and_any_file_of_the_code(tmp_path: Pa
     digests._tree_digest.cache_clear()  # one ansible-playbook run never sees its code change
     (tmp_path / "roles" / "main.yml").write_text("a: 2\n")
     assert digests.desired_digest({"vars": {"mlflow_port": 5000}}, roots) != first
+
+
+def test_the_digest_follows_the_content_of_the_files_a_deploy_copies(tmp_path: Path) -> None:
+    """A key replaced at the same path (a rotation) is a new digest, not "nothing to do"."""
+    key = tmp_path / "gcs.json"
+    key.write_text('{"private_key": "one"}')
+    first = digests.desired_digest({"vars": {}}, [], [str(key)])
+    assert digests.desired_digest({"vars": {}}, [], [str(key)]) == first
+    key.write_text('{"private_key": "two"}')
+    assert digests.desired_digest({"vars": {}}, [], [str(key)]) != first
+    key.unlink()  # unreadable: a digest of its own (the deploy then names the missing file)
+    assert digests.desired_digest({"vars": {}}, [], [str(key)]) not in (first, digests.desired_digest({"vars": {}}, []))
