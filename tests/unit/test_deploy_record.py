@@ -5,6 +5,7 @@ asked for (filter_plugins/deploy_digest.py)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,10 +47,12 @@ def run(host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
 
 
 def record(host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-           tmp_path: Path, digest: str = "D1") -> dict[str, Any]:
+           tmp_path: Path, digest: str = "D1", run_id: str = "R1") -> dict[str, Any]:
     facts = json.dumps({"server": {"version": "3.17.2"}, "proxy": {}})
+    (tmp_path / "run").mkdir(exist_ok=True)
+    (tmp_path / "run" / "last-release").write_text("R1")  # deploy_lock.py release of run R1
     return run(host, monkeypatch, capsys, "record", "--digest", digest, "--spec", json.dumps(spec(tmp_path)),
-               "--facts", facts)
+               "--facts", facts, "--run-id", run_id)
 
 
 def check(host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
@@ -139,3 +142,30 @@ def test_the_digest_follows_the_content_of_the_files_a_deploy_copies(tmp_path: P
     assert digests.desired_digest({"vars": {}}, [], [str(key)]) != first
     key.unlink()  # unreadable: a digest of its own (the deploy then names the missing file)
     assert digests.desired_digest({"vars": {}}, [], [str(key)]) not in (first, digests.desired_digest({"vars": {}}, []))
+
+
+def test_a_run_records_only_if_no_other_deploy_released_the_lock_after_it(
+        host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert record(host, monkeypatch, capsys, tmp_path, run_id="R0") == {
+        "recorded": False, "reason": "another deploy took and released the host's lock since this one"}
+    assert check(host, monkeypatch, capsys, tmp_path)["reason"] == "no record of a finished deploy"
+
+
+def test_a_fifo_swapped_in_is_hashed_as_such_and_never_read(
+        host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    record(host, monkeypatch, capsys, tmp_path)
+    os.mkfifo(tmp_path / "etc" / "pipe")
+    result = check(host, monkeypatch, capsys, tmp_path)  # returns: no blocking read of the FIFO
+    assert result["converged"] is False and "etc/pipe" in result["reason"]
+
+
+def test_any_error_is_not_converged_never_a_failure(
+        host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    record(host, monkeypatch, capsys, tmp_path)
+
+    def broken(checks: dict[str, Any]) -> str:
+        raise TimeoutError("firewall-cmd did not answer")
+
+    monkeypatch.setattr(host, "live", broken)
+    assert check(host, monkeypatch, capsys, tmp_path) == {
+        "converged": False, "reason": "TimeoutError: firewall-cmd did not answer"}

@@ -102,7 +102,16 @@ def main() -> int:
         if seen:
             out = {"ok": False, "holder": seen["holder"]}
     else:  # release, only our own lease
-        _locked(lambda cur: {} if not cur or cur.get("run_id") == me.get("run_id") else None)
+        def release(cur: dict[str, Any]) -> dict[str, Any] | None:
+            if cur and cur.get("run_id") != me.get("run_id"):
+                return None
+            # Who released last, for files/deploy_record.py: a run records the host only when no
+            # other deploy took and released the lease after it.
+            with open(os.path.join(LOCK_DIR, "last-release"), "w", encoding="utf-8") as fh:
+                fh.write(str(me.get("run_id", "")))
+            return {}
+
+        _locked(release)
     json.dump(out, sys.stdout)
     return 0
 

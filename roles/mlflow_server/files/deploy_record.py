@@ -13,9 +13,10 @@ object and exits 0; the role decides.
 
   check  --digest D --spec JSON [--live JSON]
       {"converged": bool, "reason": why not, "deployment": the recorded summary facts}
-  record --digest D --spec JSON --facts JSON
-      writes the record when the host's deploy lock is free or expired (never while another
-      deploy changes the host); {"recorded": bool, "reason": ...}
+  record --digest D --spec JSON --facts JSON|- --run-id ID
+      writes the record when the host's deploy lock is free and this run released it last (never
+      while or after another deploy changed the host); {"recorded": bool, "reason": ...}
+Any error means "not converged" / "not recorded", never a failed deploy.
 
 The spec: {"record": path, "files": [path or glob ...] (content, mode, owner; directories
 recursively), "stats": [path ...] (mode and owner only), "units": [name ...], "commands":
@@ -29,10 +30,12 @@ import configparser
 import fcntl
 import glob
 import hashlib
+import http.client
 import json
 import os
 import shutil
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
@@ -53,8 +56,13 @@ def _file_entry(path: str) -> dict[str, Any]:
     if os.path.islink(path):
         entry["link"] = os.readlink(path)
     elif os.path.isfile(path):
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
+        # Never follow a link or block on a FIFO swapped in after the lstat (the service user owns
+        # some of these directories): only the regular file that was listed is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return {**entry, "sha256": "not a regular file"}
+            digest = hashlib.sha256()
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
         entry["sha256"] = digest.hexdigest()
@@ -141,7 +149,7 @@ def _get(url: str, auth: tuple[str, str] | None = None, context: ssl.SSLContext 
             return answer.status, answer.read().decode(errors="replace").strip()
     except urllib.error.HTTPError as err:
         return err.code, ""
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, http.client.HTTPException) as err:
         return 0, str(err)
 
 
@@ -166,6 +174,16 @@ def live(checks: dict[str, Any]) -> str:
         status, body = _get(base + "/version")
     if status != 200 or body != checks["version"]:
         return f"/version answered {status} {body!r}, not MLflow {checks['version']}"
+    # A call that reads the database (/health and /version do not): a stopped database is a change.
+    status, _ = _get(base + checks["auth_probe_path"], auth=_admin(checks["auth_config"]) if checks.get("auth_config")
+                     else None)
+    if status != 200:
+        return f"an API call that reads the database answered {status}"
+    if checks.get("renew_cert"):  # the full deploy makes a new self-signed certificate 30 days before its end
+        ends = subprocess.run(["openssl", "x509", "-noout", "-checkend", "2592000", "-in", checks["renew_cert"]],
+                              capture_output=True, check=False)
+        if ends.returncode != 0:
+            return "the self-signed certificate ends within 30 days (or cannot be read)"
     if checks.get("https_port"):
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -211,6 +229,13 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
             lease = {}
         if not _lease_free(lease):
             return {"recorded": False, "reason": "another deploy took the host's lock"}
+        try:
+            with open(os.path.join(os.path.dirname(LOCK), "last-release"), encoding="utf-8") as fh:
+                released_by = fh.read().strip()
+        except OSError:
+            released_by = ""
+        if released_by != args.run_id:
+            return {"recorded": False, "reason": "another deploy took and released the host's lock since this one"}
         body = {"digest": args.digest, "snapshot": snapshot(spec), "facts": json.loads(args.facts),
                 "recorded": time.time()}
         directory = os.path.dirname(spec["record"])
@@ -234,9 +259,17 @@ def main() -> int:
     rc = sub.add_parser("record")
     rc.add_argument("--digest", required=True)
     rc.add_argument("--spec", required=True)
-    rc.add_argument("--facts", required=True)
+    rc.add_argument("--facts", required=True, help="JSON, or - for standard input")
+    rc.add_argument("--run-id", required=True, help="this deploy's lock holder (files/deploy_lock.py)")
     args = parser.parse_args()
-    print(json.dumps(check(args) if args.command == "check" else record(args)))
+    if args.command == "record" and args.facts == "-":
+        args.facts = sys.stdin.read()
+    try:
+        result = check(args) if args.command == "check" else record(args)
+    except Exception as err:  # noqa: BLE001 - any doubt means the full deploy, never a failed one
+        key = "converged" if args.command == "check" else "recorded"
+        result = {key: False, "reason": f"{type(err).__name__}: {err}"}
+    print(json.dumps(result))
     return 0
 
 
