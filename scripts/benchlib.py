@@ -31,6 +31,9 @@ from types import FrameType
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
 CLI = VENV_BIN / "mlops-provision"
+# The mlflow clients of the benchmarks send no usage telemetry anywhere.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
 CONTAINERS_CONF = REPO / "cli" / "mlops_provision" / "sandbox" / "containers.conf"
 CONTAINER_PREFIX = "mlops-sandbox-"  # mlops_provision.sandbox.machines.CONTAINER_PREFIX
 _PUBLISHED = re.compile(r"published at (http://127\.0\.0\.1:\d+)")

@@ -27,7 +27,7 @@ cd /tmp/wh && python3 -m zipfile -e uv-*.whl uvw && install -m 0755 uvw/uv-*.dat
 runuser -u op -- python3 -m venv --without-pip /home/op/venv
 runuser -u op -- /tmp/wh/uv pip install --quiet --no-index --no-cache --find-links /tmp/wh \\
   --python /home/op/venv/bin/python mlflow=={version}
-systemd-run --unit hand-mlflow --uid op --working-directory /home/op \\
+systemd-run --unit hand-mlflow --uid op --working-directory /home/op --setenv MLFLOW_DISABLE_TELEMETRY=true \\
   /home/op/venv/bin/mlflow server --backend-store-uri sqlite:///mlflow.db {server_args} --host 0.0.0.0 --port 5000
 """
 

@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 CLI = str(BIN / "mlops-provision")
 os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "cli/mlops_provision/sandbox/containers.conf"))
+# The mlflow clients the tests start send no usage telemetry anywhere.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
 
 
 def load_module(path: Path, name: str) -> ModuleType:

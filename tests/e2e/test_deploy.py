@@ -46,6 +46,14 @@ def test_deploy_prints_a_summary_and_the_server_answers(vm: VM) -> None:
     assert "PLAY RECAP" in run_log.read_text()
     assert vm.sh("systemctl is-active mlflow.service").strip() == "active"
     assert vm.sh("systemctl is-enabled mlflow.service").strip() == "enabled"
+    # The server sends MLflow's usage telemetry nowhere (mlflow_telemetry is off by default).
+    environ = vm.sh("tr '\\0' '\\n' < /proc/$(systemctl show -p MainPID --value mlflow.service)/environ")
+    assert {"MLFLOW_DISABLE_TELEMETRY=true", "DO_NOT_TRACK=true"} <= set(environ.splitlines())
+    # Bytecode for what the server imports, not for all ~8,450 modules of the venv (venv_bytecode.py).
+    pyc = vm.sh("cd /opt/mlflow/current/lib/python3*/site-packages && ls mlflow/server/__pycache__/fastapi_app.*.pyc"
+                " uvicorn/__pycache__/main.*.pyc sqlalchemy/orm/__pycache__/session.*.pyc >/dev/null"
+                " && find . -name '*.pyc' | wc -l")
+    assert 2000 < int(pyc) < 6000, pyc
 
 
 def test_real_mlflow_client_logs_and_reads_back_a_run(vm: VM) -> None:

@@ -134,6 +134,18 @@ def test_job_execution_as_text_from_an_inventory_or_extra_vars(value: str, expec
     assert _env_lines(render_files(spec)["mlflow.env"])["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == expected
 
 
+@pytest.mark.parametrize(("value", "sent"), [(None, False), ("no", False), (True, True), ("yes", True)])
+def test_mlflow_telemetry_is_off_unless_asked_for(value: object, sent: bool) -> None:
+    spec = build_spec({}, environ={})
+    if value is not None:
+        spec.defaults["mlflow_telemetry"] = value
+    env = _env_lines(render_files(spec)["mlflow.env"])
+    if sent:
+        assert "MLFLOW_DISABLE_TELEMETRY" not in env and "DO_NOT_TRACK" not in env
+    else:
+        assert (env["MLFLOW_DISABLE_TELEMETRY"], env["DO_NOT_TRACK"]) == ("true", "true")
+
+
 def test_auth_none_drops_the_auth_app_and_its_files() -> None:
     files = render_files(build_spec({"auth": "none"}, environ={}))
     assert "basic_auth.ini" not in files

@@ -4,6 +4,7 @@ working directory."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import time
 from collections.abc import Iterator
@@ -59,3 +60,23 @@ def test_served_artifacts_live_in_the_destination(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_layout_names_kind_mode_owner_and_content_of_what_exists(tmp_path: Path) -> None:
+    content = b"print('hi')\n"
+    script = tmp_path / "tool.py"
+    script.write_bytes(content)
+    script.chmod(0o644)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir").chmod(0o750)
+    (tmp_path / "link").symlink_to(script)
+    found = state.layout([str(tmp_path / "dir"), str(script), str(tmp_path / "missing"), str(tmp_path / "link")])
+    owner = f"{state._user(script.stat().st_uid)} {state._group(script.stat().st_gid)}"
+    digest = hashlib.sha1(content).hexdigest()  # what install.yml computes from the role's copy
+    assert found == {
+        str(tmp_path / "dir"): f"dir 750 {owner}",
+        str(script): f"{digest} 644 {owner}",
+        str(tmp_path / "link"): f"other 777 {owner}",  # a symlink is not followed: copy replaces it
+    }
+    script.write_bytes(b"print('changed')\n")
+    assert state.layout([str(script)])[str(script)].split()[0] != digest

@@ -7,6 +7,9 @@ before anything is installed). Prints one JSON object and exits 0; the role deci
   state --port P --venv-link L [--file F ...]
       the unit's state, the main process's venv and start time, the config files written
       after that start (an interrupted deploy), and who listens on port P
+  layout PATH ...
+      for each path that exists: "dir" or the sha1 of a regular file's content, its octal mode,
+      owner and group (the install step creates or copies only what differs)
   wait --port P --timeout S [--version V] [--since EPOCH]
       until /health answers 200 from a process of mlflow.service (not a foreign program on
       the port) running MLflow V, or the unit has failed (systemd gave up), or S seconds
@@ -15,9 +18,13 @@ before anything is installed). Prints one JSON object and exits 0; the role deci
 from __future__ import annotations
 
 import argparse
+import grp
+import hashlib
 import json
 import os
+import pwd
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -92,7 +99,6 @@ def _listening_uids(port: int) -> list[int]:
 
 
 def _user(uid: int) -> str:
-    import pwd
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -223,7 +229,7 @@ def port_owner(port: int, service_user: str = "mlflow") -> dict[str, object]:
 
 def state(args: argparse.Namespace) -> dict[str, object]:
     props = show("ActiveState", "SubState", "Result", "MainPID", "ExecMainStartTimestampMonotonic",
-                 "NeedDaemonReload", "NRestarts", "LoadState")
+                 "NeedDaemonReload", "NRestarts", "LoadState", "UnitFileState")
     pid = int(props.get("MainPID") or 0)
     start = started_at(props.get("ExecMainStartTimestampMonotonic", "0")) if pid else None
     newer = []
@@ -243,7 +249,8 @@ def state(args: argparse.Namespace) -> dict[str, object]:
     healthy = active == "active" and bool(args.running_port) and _health(args.running_port) == 200
     return {
         "active": active, "sub": props.get("SubState", ""), "result": props.get("Result", ""),
-        "loaded": props.get("LoadState", "") == "loaded", "main_pid": pid, "started_at": start,
+        "loaded": props.get("LoadState", "") == "loaded", "enabled": props.get("UnitFileState") == "enabled",
+        "main_pid": pid, "started_at": start,
         "running_venv": running_venv, "running_version": mlflow_version_in(running_venv) if running_venv else "",
         "current_venv": link, "current_version": mlflow_version_in(link) if link else "",
         "newer_files": newer, "present": present, "need_daemon_reload": reload_needed,
@@ -253,6 +260,30 @@ def state(args: argparse.Namespace) -> dict[str, object]:
         "port": port_owner(args.port, args.user), "now": time.time(),
         "kept_venv": Path(args.kept).read_text().strip() if os.path.isfile(args.kept) else "",
     }
+
+
+def _group(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def layout(paths: list[str]) -> dict[str, str]:
+    found = {}
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            kind = "dir"
+        elif stat.S_ISREG(st.st_mode):
+            kind = hashlib.sha1(Path(path).read_bytes()).hexdigest()  # noqa: S324 - a content check, not security
+        else:
+            kind = "other"
+        found[path] = f"{kind} {stat.S_IMODE(st.st_mode):o} {_user(st.st_uid)} {_group(st.st_gid)}"
+    return found
 
 
 def _journal(since: float) -> str:
@@ -330,6 +361,8 @@ def main() -> int:
     st.add_argument("--user", default="mlflow")
     st.add_argument("--running-port", type=int, default=0, help="the port the running server listens on")
     st.add_argument("--kept", default="/etc/mlflow/previous/venv", help="the rollback target's venv file")
+    lay = sub.add_parser("layout")
+    lay.add_argument("path", nargs="*")
     wt = sub.add_parser("wait")
     wt.add_argument("--port", type=int, required=True)
     wt.add_argument("--timeout", type=int, required=True)
@@ -337,7 +370,8 @@ def main() -> int:
     wt.add_argument("--since", type=float, default=0.0)
     wt.add_argument("--user", default="mlflow")
     args = parser.parse_args()
-    json.dump(state(args) if args.command == "state" else wait(args), sys.stdout)
+    commands = {"state": state, "wait": wait, "layout": lambda a: layout(a.path)}
+    json.dump(commands[args.command](args), sys.stdout)
     return 0
 
 
