@@ -107,6 +107,10 @@ def check_artifact_uri(label: str, value: str, values: Mapping[str, Any]) -> Non
         return
     if scheme == "sftp":
         parts = urlsplit(value)
+        if parts.password is not None:  # never echo the value: it holds the password
+            raise UsageError(f"{label}: an sftp:// location must not carry a password (it would show in the "
+                             "summary, in MLflow's artifact URIs and in the server's environment); valid: "
+                             "sftp://USER@HOST/path, the store logs in with --sftp-key-file")
         if not parts.hostname or not parts.username or not parts.path.strip("/"):
             raise UsageError(f"{label}: {value!r} must look like sftp://USER@HOST/path")
         return

@@ -54,6 +54,8 @@ def test_deploy_prints_a_summary_and_the_server_answers(vm: VM) -> None:
                 " uvicorn/__pycache__/main.*.pyc sqlalchemy/orm/__pycache__/session.*.pyc >/dev/null"
                 " && find . -name '*.pyc' | wc -l")
     assert 2000 < int(pyc) < 6000, pyc
+    marker = json.loads(vm.sh("cat /opt/mlflow/current/mlops-bytecode.json"))  # written last, in the background
+    assert marker["pyc"] > 2000 and "mlflow.server.auth: ModuleNotFoundError" not in marker["skipped"], marker
 
 
 def test_real_mlflow_client_logs_and_reads_back_a_run(vm: VM) -> None:

@@ -206,6 +206,8 @@ CLI_ROWS: list[Row] = [
     Row("gcs-key-traversal", (*DEPLOY, "--artifacts-destination", "gs://hostile-bucket/p",
                               "--gcs-credentials-file", "../../../../../../etc/passwd"),
         "error: --gcs-credentials-file ../../../../../../etc/passwd: not a JSON service-account key"),
+    Row("sftp-password-in-uri", (*DEPLOY, "--artifacts-destination", "sftp://u:Hostile-Sftp-Pw@h/p"),
+        "error: --artifacts-destination: an sftp:// location must not carry a password", hidden="Hostile-Sftp-Pw"),
     Row("sftp-key-missing", (*DEPLOY, "--artifacts-destination", "sftp://u@h/p", "--sftp-key-file", "/nonexistent/k"),
         "error: --sftp-key-file /nonexistent/k: file not found"),
     Row("backend-uri-from-environment", DEPLOY,
@@ -268,10 +270,13 @@ class InventoryRow:
     code: int = 2
     bug: str = ""
     reachable: bool = True  # False: the host is 127.0.0.1 on a closed port
+    hidden: str = ""  # must not appear in the output (a password)
 
 
 INVENTORY_ROWS: list[InventoryRow] = [
     InventoryRow("inv-port", {"mlflow_port": 70000}, "Invalid role variables. Valid: mlflow_port 1-65535;"),
+    InventoryRow("inv-sftp-password", {"mlflow_artifacts_destination": "sftp://u:Hostile-Sftp-Pw@h/p"},
+                 "an sftp:// location must not carry a password", hidden="Hostile-Sftp-Pw"),
     InventoryRow("inv-data-dir-traversal", {"mlflow_data_dir": "/var/lib/../../etc"}, "mlflow_data_dir /var/lib/NAME;"),
     InventoryRow("inv-newline-in-hosts", {"mlflow_allowed_hosts": ["a\nExecStartPre=/bin/false"]},
                  "no control characters or newlines in any value"),
@@ -369,6 +374,8 @@ def test_refused_by_the_role_before_any_change(row: InventoryRow, vm: VM, baseli
     assert proc.returncode == row.code, out
     assert row.message in out
     assert "changed=0" in out
+    if row.hidden:
+        assert row.hidden not in out
 
 
 # ---- values that pass validation, full of shell and systemd metacharacters ----------------

@@ -74,6 +74,14 @@ def test_password_never_in_error_messages() -> None:
     assert "hunter22" not in str(err.value)
 
 
+@pytest.mark.parametrize("flag", ["artifacts_destination", "default_artifact_root"])
+def test_an_sftp_password_is_refused_and_never_echoed(flag: str) -> None:
+    with pytest.raises(UsageError) as err:
+        build_spec({flag: "sftp://u:hunter22@host1/srv/a"}, environ={})
+    assert "an sftp:// location must not carry a password" in str(err.value)
+    assert "hunter22" not in str(err.value) and err.value.exit_code == 2
+
+
 def test_good_values_become_role_variables() -> None:
     spec = build_spec({"port": "5001", "workers": "2", "serve_artifacts": False,
                        "default_artifact_root": "s3://bucket/prefix", "allowed_hosts": "a.example, a.example:*",

@@ -9,11 +9,15 @@ bytecode as a side effect: about 9 CPU-seconds. A module missing from this venv 
 of a scheme not in use, the auth app with --auth none) is skipped. Modules imported later by a
 root-run tool get their bytecode then; the service compiles the rest in memory, once per process.
 
-Prints one JSON line: {"pyc": N, "skipped": [...]}.
+Prints one JSON line, {"pyc": N, "skipped": [...]}, and with --done PATH also writes it to PATH
+(atomically, last): the marker that this venv's bytecode is complete. The role runs this in the
+background while the deploy goes on, and waits for it before a restart; a run killed meanwhile
+leaves no marker, so the next run does it again (bytecode files are written atomically too).
 """
 
 from __future__ import annotations
 
+import argparse
 import compileall
 import importlib
 import json
@@ -60,6 +64,9 @@ STORE_MODULES = (
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--done", help="write the result here when finished (the completion marker)")
+    args = parser.parse_args()
     sys.dont_write_bytecode = False
     os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
     warnings.simplefilter("ignore")
@@ -72,7 +79,14 @@ def main() -> int:
         except Exception as error:  # noqa: BLE001 - a module that cannot be imported is only not warmed
             skipped.append(f"{name}: {type(error).__name__}")
     pyc = sum(name.endswith(".pyc") for _, _, names in os.walk(site) for name in names)
-    print(json.dumps({"pyc": pyc, "skipped": skipped}))
+    result = json.dumps({"pyc": pyc, "skipped": skipped})
+    print(result)
+    if args.done:
+        partial = f"{args.done}.partial"
+        with open(partial, "w", encoding="utf-8") as out:
+            out.write(result + "\n")
+        os.chmod(partial, 0o644)
+        os.replace(partial, args.done)
     return 0
 
 
