@@ -80,3 +80,15 @@ def test_layout_names_kind_mode_owner_and_content_of_what_exists(tmp_path: Path)
     }
     script.write_bytes(b"print('changed')\n")
     assert state.layout([str(script)])[str(script)].split()[0] != digest
+
+
+def test_layout_names_the_users_group_home_and_shell_and_whether_the_group_exists() -> None:
+    import grp
+    import os
+    import pwd
+
+    me = pwd.getpwuid(os.getuid())
+    group = grp.getgrgid(me.pw_gid).gr_name
+    found = state.layout([], me.pw_name, group)
+    assert found == {f"user {me.pw_name}": f"{group} {me.pw_dir} {me.pw_shell}", f"group {group}": str(me.pw_gid)}
+    assert state.layout([], "no-such-user-here", "no-such-group-here") == {}

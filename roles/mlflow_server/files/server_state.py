@@ -7,9 +7,10 @@ before anything is installed). Prints one JSON object and exits 0; the role deci
   state --port P --venv-link L [--file F ...]
       the unit's state, the main process's venv and start time, the config files written
       after that start (an interrupted deploy), and who listens on port P
-  layout PATH ...
+  layout [--user U] [--group G] PATH ...
       for each path that exists: "dir" or the sha1 of a regular file's content, its octal mode,
-      owner and group (the install step creates or copies only what differs)
+      owner and group; the user's primary group, home and shell; the group's gid (the install
+      step creates, changes or copies only what differs)
   wait --port P --timeout S [--version V] [--since EPOCH]
       until /health answers 200 from a process of mlflow.service (not a foreign program on
       the port) running MLflow V, or the unit has failed (systemd gave up), or S seconds
@@ -269,8 +270,19 @@ def _group(gid: int) -> str:
         return str(gid)
 
 
-def layout(paths: list[str]) -> dict[str, str]:
+def layout(paths: list[str], user: str = "", group: str = "") -> dict[str, str]:
     found = {}
+    if user:
+        try:
+            entry = pwd.getpwnam(user)
+            found[f"user {user}"] = f"{_group(entry.pw_gid)} {entry.pw_dir} {entry.pw_shell}"
+        except KeyError:
+            pass
+    if group:
+        try:
+            found[f"group {group}"] = str(grp.getgrnam(group).gr_gid)
+        except KeyError:
+            pass
     for path in paths:
         try:
             st = os.lstat(path)
@@ -363,6 +375,8 @@ def main() -> int:
     st.add_argument("--kept", default="/etc/mlflow/previous/venv", help="the rollback target's venv file")
     lay = sub.add_parser("layout")
     lay.add_argument("path", nargs="*")
+    lay.add_argument("--user", default="", help="also: this user's primary group, home and shell")
+    lay.add_argument("--group", default="", help="also: whether this group exists (its gid)")
     wt = sub.add_parser("wait")
     wt.add_argument("--port", type=int, required=True)
     wt.add_argument("--timeout", type=int, required=True)
@@ -370,7 +384,7 @@ def main() -> int:
     wt.add_argument("--since", type=float, default=0.0)
     wt.add_argument("--user", default="mlflow")
     args = parser.parse_args()
-    commands = {"state": state, "wait": wait, "layout": lambda a: layout(a.path)}
+    commands = {"state": state, "wait": wait, "layout": lambda a: layout(a.path, a.user, a.group)}
     json.dump(commands[args.command](args), sys.stdout)
     return 0
 
