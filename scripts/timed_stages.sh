@@ -26,6 +26,7 @@ for stage in "$@"; do
         start=$SECONDS
         declare -A pids=()
         for target in "${targets[@]}"; do
+            rm -f ".cache/stage-$target.result"  # a subshell that dies never reads as an old success
             ( t0=$SECONDS; make --no-print-directory "$target" >".cache/stage-$target.log" 2>&1; rc=$?
               echo $((SECONDS - t0)) $rc >".cache/stage-$target.result" ) &
             pids[$target]=$!

@@ -90,6 +90,13 @@ def check_artifact_uri(label: str, value: str, values: Mapping[str, Any]) -> Non
     if value.startswith("/"):
         _check_under_data_dir(label, value, values)
         return
+    # Before any message that echoes the value: a password in it must never be printed.
+    if re.match(r"(?i)^sftp://[^@]*:[^@]*@", value):  # a password may hold "/", "?" or "#"
+        raise UsageError(f"{label}: an sftp:// location must not carry a password (it would show in the "
+                         "summary, in MLflow's artifact URIs and in the server's environment); valid: "
+                         "sftp://USER@HOST/path, the store logs in with --sftp-key-file")
+    if re.match(r"(?i)^[a-z][a-z0-9+.-]*://[^@/]*:[^@/]*@", value):
+        raise UsageError(f"{label}: a location with USER:PASSWORD@ is not supported (not echoed here); {valid}")
     scheme, _, rest = value.partition("://")
     if scheme == "file":
         _check_under_data_dir(label, rest, values)
@@ -107,10 +114,6 @@ def check_artifact_uri(label: str, value: str, values: Mapping[str, Any]) -> Non
         return
     if scheme == "sftp":
         parts = urlsplit(value)
-        if parts.password is not None:  # never echo the value: it holds the password
-            raise UsageError(f"{label}: an sftp:// location must not carry a password (it would show in the "
-                             "summary, in MLflow's artifact URIs and in the server's environment); valid: "
-                             "sftp://USER@HOST/path, the store logs in with --sftp-key-file")
         if not parts.hostname or not parts.username or not parts.path.strip("/"):
             raise UsageError(f"{label}: {value!r} must look like sftp://USER@HOST/path")
         return

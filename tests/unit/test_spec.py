@@ -75,11 +75,18 @@ def test_password_never_in_error_messages() -> None:
 
 
 @pytest.mark.parametrize("flag", ["artifacts_destination", "default_artifact_root"])
-def test_an_sftp_password_is_refused_and_never_echoed(flag: str) -> None:
+@pytest.mark.parametrize(("uri", "message"), [
+    ("sftp://u:hunter22@host1/srv/a", "an sftp:// location must not carry a password"),
+    ("sftp://u:hun/ter22@host1/srv/a", "an sftp:// location must not carry a password"),
+    ("sftp://u:hun?ter22@host1/srv/a", "an sftp:// location must not carry a password"),
+    ("SFTP://u:hunter22@host1/srv/a", "an sftp:// location must not carry a password"),
+    ("ftp://u:hunter22@host1/srv/a", "a location with USER:PASSWORD@ is not supported (not echoed here)"),
+])
+def test_a_password_in_an_artifact_location_is_refused_and_never_echoed(flag: str, uri: str, message: str) -> None:
     with pytest.raises(UsageError) as err:
-        build_spec({flag: "sftp://u:hunter22@host1/srv/a"}, environ={})
-    assert "an sftp:// location must not carry a password" in str(err.value)
-    assert "hunter22" not in str(err.value) and err.value.exit_code == 2
+        build_spec({flag: uri}, environ={})
+    assert message in str(err.value)
+    assert "ter22" not in str(err.value) and err.value.exit_code == 2
 
 
 def test_good_values_become_role_variables() -> None:

@@ -82,7 +82,7 @@ def main() -> int:
     result = json.dumps({"pyc": pyc, "skipped": skipped})
     print(result)
     if args.done:
-        partial = f"{args.done}.partial"
+        partial = f"{args.done}.{os.getpid()}.partial"  # two jobs (after a kill) never share it
         with open(partial, "w", encoding="utf-8") as out:
             out.write(result + "\n")
         os.chmod(partial, 0o644)
