@@ -204,7 +204,7 @@ def test_a_host_that_stops_answering_fails_as_unreachable_in_bounded_time(vm: VM
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:
-        if "Preflight | Measure free disk space" in line:
+        if "Preflight | Check free disk space for the venv" in line:
             subprocess.run(["podman", "pause", vm.container], check=True, capture_output=True)
             break
     paused = time.monotonic()
