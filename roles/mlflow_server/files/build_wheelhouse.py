@@ -4,20 +4,36 @@
 Runs with the control node's Python (pip download for foreign tags), once per requirement
 set; the result is a tar file that the role pushes and unpacks. Prints one JSON line:
 {"changed": bool, "tarball": path}. Kept stdlib-only: it runs wherever Ansible runs.
+
+When the control node's Python is the host's (same X.Y and architecture), the tar file also
+carries `bytecode/`: hash-checked .pyc files of what the server imports, made here once per
+wheelhouse instead of on every host (about 10 CPU-seconds per host; venv_bytecode.py says
+which modules and why). The host applies them only when its Python's magic number matches.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import platform
+import py_compile
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+# The modules the server imports: one list, shared with the on-host bytecode job.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from venv_bytecode import SERVER_MODULES, STORE_MODULES
+
+DATA_LIB = re.compile(r"^[^/]+\.data/(?:purelib|platlib)/(.+)$")
 
 
 # Pure-Python packages published as source only, needed by a store client (pysftp for
@@ -29,6 +45,70 @@ def platform_tags(glibc: str, machine: str) -> list[str]:
     major, minor = (int(p) for p in glibc.split(".")[:2])
     tags = [f"manylinux_{major}_{m}_{machine}" for m in range(minor, 4, -1)]
     return tags + [f"manylinux2014_{machine}", f"linux_{machine}"]
+
+
+def unpack_wheels(wheels: Path, site: Path) -> None:
+    """The wheels' contents as uv lays them out in site-packages (without scripts or headers)."""
+    for wheel in sorted(wheels.glob("*.whl")):
+        if wheel.name.startswith("uv-"):
+            continue
+        with zipfile.ZipFile(wheel) as archive:
+            for entry in archive.infolist():
+                name = entry.filename
+                if name.split("/", 1)[0].endswith(".data"):
+                    match = DATA_LIB.match(name)
+                    if not match:
+                        continue
+                    name = match.group(1)
+                if entry.is_dir() or name.startswith("/") or ".." in name.split("/"):
+                    continue
+                target = site / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(entry) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+
+
+def imported_files(site: Path) -> list[str]:
+    """The source files the server's modules import from `site`, found by importing them in an
+    isolated interpreter (no site-packages of this machine)."""
+    code = ("import importlib, json, sys, warnings; warnings.simplefilter('ignore'); sys.path.insert(0, sys.argv[1])\n"
+            "for name in sys.argv[2:]:\n"
+            "    try: importlib.import_module(name)\n"
+            "    except Exception: pass\n"
+            "print(json.dumps(sorted({getattr(m, '__file__', None) or '' for m in list(sys.modules.values())})))")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(site.parent), "MLFLOW_DISABLE_TELEMETRY": "true",
+           "DO_NOT_TRACK": "true", "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(site), *SERVER_MODULES, *STORE_MODULES],
+                          capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0:
+        return []
+    prefix = str(site) + os.sep
+    return [f for f in json.loads(proc.stdout.strip().splitlines()[-1]) if f.startswith(prefix) and f.endswith(".py")]
+
+
+def _compile(source: str) -> str:
+    return py_compile.compile(source, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+
+
+def add_bytecode(wheels: Path, work: Path, python: str, machine: str) -> int:
+    """Write bytecode/ into `wheels` for a host whose Python is this one; 0 when it is not."""
+    if f"{sys.version_info.major}.{sys.version_info.minor}" != python or platform.machine() != machine:
+        return 0
+    site = work / "site-packages"
+    unpack_wheels(wheels, site)
+    sources = set(imported_files(site))
+    if not any(f.endswith(os.path.join("mlflow", "server", "handlers.py")) for f in sources):
+        return 0  # the server did not import here: leave the bytecode to the host
+    sources |= {str(f) for f in (site / "mlflow").rglob("*.py")}  # Alembic loads migrations by path
+    with ProcessPoolExecutor() as pool:
+        compiled = [c for c in pool.map(_compile, sorted(sources), chunksize=64) if c]
+    out = wheels / "bytecode"
+    for pyc in compiled:
+        target = out / os.path.relpath(pyc, site)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(pyc, target)
+    (out / "MAGIC").write_text(importlib.util.MAGIC_NUMBER.hex() + "\n")
+    return len(compiled)
 
 
 def main() -> int:
@@ -71,6 +151,7 @@ def main() -> int:
             sys.stderr.write(proc.stderr[-3000:])
             return proc.returncode
         (dest / "requirements.txt").write_text("\n".join(args.requirements) + "\n")
+        add_bytecode(dest, Path(tmp), args.python, args.machine)
         partial = tarball.with_suffix(".tar.partial")
         with tarfile.open(partial, "w") as tar:
             for wheel in sorted(dest.iterdir()):

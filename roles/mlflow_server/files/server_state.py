@@ -7,10 +7,13 @@ before anything is installed). Prints one JSON object and exits 0; the role deci
   state --port P --venv-link L [--file F ...]
       the unit's state, the main process's venv and start time, the config files written
       after that start (an interrupted deploy), and who listens on port P
-  layout [--user U] [--group G] PATH ...
+  layout [--user U] [--group G] [--ensure SPEC [--dry-run]] PATH ...
       for each path that exists: "dir" or the sha1 of a regular file's content, its octal mode,
       owner and group; the user's primary group, home and shell; the group's gid (the install
-      step creates, changes or copies only what differs)
+      step copies only the helper scripts that differ). With --ensure (JSON: group, user, home,
+      shell, dirs of path/owner/group/mode) it first creates or corrects the service group, the
+      service user and the install directories, one module run instead of one per item, and
+      names what it changed ("changed"); --dry-run (--check) names it and changes nothing
   wait --port P --timeout S [--version V] [--since EPOCH]
       until /health answers 200 from a process of mlflow.service (not a foreign program on
       the port) running MLflow V, or the unit has failed (systemd gave up), or S seconds
@@ -270,6 +273,46 @@ def _group(gid: int) -> str:
         return str(gid)
 
 
+def ensure(spec: dict, dry_run: bool = False) -> list[str]:
+    """Create or correct the service group, user and directories; return what changed."""
+    changed: list[str] = []
+
+    def run(what: str, argv: list[str]) -> None:
+        changed.append(what)
+        if not dry_run:
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+
+    group, user, home, shell = spec["group"], spec["user"], spec["home"], spec["shell"]
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        run(f"group {group} created", ["groupadd", "--system", group])
+    try:
+        entry = pwd.getpwnam(user)
+        if (_group(entry.pw_gid), entry.pw_dir, entry.pw_shell) != (group, home, shell):
+            run(f"user {user} corrected", ["usermod", "--gid", group, "--home", home, "--shell", shell, user])
+    except KeyError:
+        run(f"user {user} created", ["useradd", "--system", "--gid", group, "--home-dir", home,
+                                     "--no-create-home", "--shell", shell, user])
+    for want in spec["dirs"]:
+        path, mode = want["path"], int(want["mode"], 8)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise SystemExit(f"{path} exists and is not a directory: move it away, then deploy again")
+            if (_user(st.st_uid), _group(st.st_gid), stat.S_IMODE(st.st_mode)) == (want["owner"], want["group"], mode):
+                continue
+            changed.append(f"{path} owner or mode corrected")
+        except FileNotFoundError:
+            changed.append(f"{path} created")
+            if not dry_run:
+                os.mkdir(path, mode=0o700)  # its owner and mode are set below, before anyone can use it
+        if not dry_run:
+            os.chown(path, pwd.getpwnam(want["owner"]).pw_uid, grp.getgrnam(want["group"]).gr_gid)
+            os.chmod(path, mode)
+    return changed
+
+
 def layout(paths: list[str], user: str = "", group: str = "") -> dict[str, str]:
     found = {}
     if user:
@@ -363,6 +406,11 @@ def wait(args: argparse.Namespace) -> dict[str, object]:
         time.sleep(0.5)
 
 
+def ensure_and_read_layout(args: argparse.Namespace) -> dict:
+    changed = ensure(json.loads(args.ensure), args.dry_run) if args.ensure else []
+    return {"layout": layout(args.path, args.user, args.group), "changed": changed}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -377,6 +425,8 @@ def main() -> int:
     lay.add_argument("path", nargs="*")
     lay.add_argument("--user", default="", help="also: this user's primary group, home and shell")
     lay.add_argument("--group", default="", help="also: whether this group exists (its gid)")
+    lay.add_argument("--ensure", default="", help="JSON: the group, user and directories to create or correct first")
+    lay.add_argument("--dry-run", action="store_true", help="with --ensure: name what would change, change nothing")
     wt = sub.add_parser("wait")
     wt.add_argument("--port", type=int, required=True)
     wt.add_argument("--timeout", type=int, required=True)
@@ -384,7 +434,7 @@ def main() -> int:
     wt.add_argument("--since", type=float, default=0.0)
     wt.add_argument("--user", default="mlflow")
     args = parser.parse_args()
-    commands = {"state": state, "wait": wait, "layout": lambda a: layout(a.path, a.user, a.group)}
+    commands = {"state": state, "wait": wait, "layout": ensure_and_read_layout}
     json.dump(commands[args.command](args), sys.stdout)
     return 0
 

@@ -1,0 +1,97 @@
+"""Build a venv from a pushed wheelhouse in one run: uv from its wheel, the venv, the install,
+the bytecode the control node made (when its Python is this one), the markers, then the
+wheelhouse removed. Runs as root with the host's python3, the venv's interpreter.
+
+One helper run instead of a module run per step (install.yml). Killed at any point it leaves
+no marker, so the next deploy runs it again over what is there: the venv is created only when
+it has no python, uv installs what is missing, and the marker is written last and atomically.
+Prints one JSON line: {"seconds": install time, "bytecode": whether the control node's bytecode
+was applied (then install.yml starts no bytecode job on the host)}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+
+def uv_from_wheelhouse(wheelhouse: Path) -> Path:
+    """The uv binary, unpacked from its wheel (the host needs neither pip nor python3-venv)."""
+    wheels = sorted(wheelhouse.glob("uv-*.whl"))
+    if not wheels:
+        raise SystemExit(f"no uv wheel in {wheelhouse}: the wheelhouse is incomplete; deploy again")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        name = next(n for n in wheel.namelist() if n.endswith(".data/scripts/uv"))
+        target = wheelhouse / "uv"
+        with wheel.open(name) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    target.chmod(0o755)
+    return target
+
+
+def write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def apply_bytecode(wheelhouse: Path, venv: Path) -> int:
+    """Move the control node's hash-checked .pyc files into site-packages; 0 when there are none
+    or they are for another Python (magic number)."""
+    overlay = wheelhouse / "bytecode"
+    magic = overlay / "MAGIC"
+    if not magic.is_file() or magic.read_text().strip() != importlib.util.MAGIC_NUMBER.hex():
+        return 0
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = venv / "lib" / version / "site-packages"
+    count = 0
+    for root, _dirs, files in os.walk(overlay):
+        for name in files:
+            if not name.endswith(".pyc"):
+                continue
+            target = site / os.path.relpath(os.path.join(root, name), overlay)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(os.path.join(root, name), target)
+            count += 1
+    return count
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--wheelhouse", required=True, type=Path)
+    ap.add_argument("--venv", required=True, type=Path)
+    ap.add_argument("--marker", required=True, type=Path, help="written last: the venv is complete")
+    ap.add_argument("--bytecode-marker", type=Path, help="written when the control node's bytecode was applied")
+    ap.add_argument("requirements", nargs="+")
+    args = ap.parse_args()
+
+    begin = time.monotonic()
+    uv = uv_from_wheelhouse(args.wheelhouse)
+    if not (args.venv / "bin" / "python").exists():
+        subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(args.venv)], check=True)
+    # No --compile-bytecode: venv_bytecode.py writes the bytecode of what the server imports.
+    subprocess.run([str(uv), "pip", "install", "--quiet", "--no-index", "--no-cache", "--find-links",
+                    str(args.wheelhouse), "--python", str(args.venv / "bin" / "python"), *args.requirements],
+                   check=True)
+    pyc = apply_bytecode(args.wheelhouse, args.venv)
+    if pyc and args.bytecode_marker:  # the same marker venv_bytecode.py writes on the host
+        write_atomically(args.bytecode_marker, json.dumps({"pyc": pyc, "from": "wheelhouse"}) + "\n")
+    write_atomically(args.marker, "".join(f"{r}\n" for r in args.requirements))
+    shutil.rmtree(args.wheelhouse)
+    print(json.dumps({"seconds": round(time.monotonic() - begin, 1), "bytecode": bool(pyc)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
