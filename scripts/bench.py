@@ -50,11 +50,13 @@ from benchlib import (
     add_load_args,
     add_output_args,
     add_sample_args,
+    children_cpu_seconds,
     cli_env,
     http_ok,
     measured,
     percentile,
     positive,
+    sandbox_cpu_seconds,
     settle,
     wait_for,
 )
@@ -290,10 +292,13 @@ class Bench:
         return env
 
     def deploy(self, box: Sandbox, log_name: str, cache: Path | None = None) -> tuple[float, dict[str, Any]]:
+        host_before, control_before = sandbox_cpu_seconds(box.name), children_cpu_seconds()
         ran = self.run([str(CLI), "deploy", "--host", box.name], log_name, env=self.deploy_env(cache),
                        timeout=self.args.timeout)
+        control_cpu, host_after = children_cpu_seconds() - control_before, sandbox_cpu_seconds(box.name)
         seconds, output = ran.seconds, ran.text
-        detail: dict[str, Any] = {"sandbox": box.name, "wall_s": round(seconds, 2)}
+        detail: dict[str, Any] = {"sandbox": box.name, "wall_s": round(seconds, 2), **_cpu(
+            control_cpu, [(host_before, host_after)])}
         changed = re.search(rf"^{re.escape(box.name)}: .*changed=(\d+)", output, re.MULTILINE)
         if changed:
             detail["changed"] = int(changed.group(1))
@@ -403,7 +408,10 @@ class Bench:
         self.settle("fleet")
         self.log(f"fleet deploy #{index}: {', '.join(box.name for box in boxes)}")
         cmd = [str(CLI), "deploy"] + [arg for box in boxes for arg in ("--host", box.name)]
+        host_before, control_before = [sandbox_cpu_seconds(box.name) for box in boxes], children_cpu_seconds()
         ran = self.run(cmd, f"{self.name('fleet', index)}-deploy", env=self.deploy_env(), timeout=self.args.timeout)
+        cpu = _cpu(children_cpu_seconds() - control_before,
+                   list(zip(host_before, [sandbox_cpu_seconds(box.name) for box in boxes], strict=True)))
         deployed = [box.name for box in boxes
                     if re.search(rf"^{re.escape(box.name)}: (deployed|up to date)", ran.text, re.MULTILINE)]
         healthy = len(re.findall(r"^  health +OK", ran.text, re.MULTILINE))
@@ -413,8 +421,8 @@ class Bench:
         self.results["fleet"].samples.append(round(ran.seconds, 2))
         self.note_window("fleet", ran.seconds)
         self.results["fleet"].details.append({"sandboxes": [box.name for box in boxes], "wall_s": round(ran.seconds, 2),
-                                              **_task_times(ran)})
-        self.log(f"fleet deploy #{index}: {ran.seconds:.1f} s for {len(boxes)} hosts")
+                                              **cpu, **_task_times(ran)})
+        self.log(f"fleet deploy #{index}: {ran.seconds:.1f} s for {len(boxes)} hosts; CPU {cpu}")
         for box in boxes:
             self.down(box.name)
 
@@ -518,6 +526,14 @@ class Bench:
                 if slow:
                     lines.append(f"  {key} slowest tasks ({typical['sandbox']}): "
                                  + ", ".join(f"{name} {sec:.1f}" for name, sec in slow))
+        for key in ("cold", "warm", "fleet"):
+            cpu = [d for d in self.results[key].details if "cpu_hosts_s" in d]
+            if key in self.args.only and cpu:
+                def med(field: str, rows: list[dict[str, Any]] = cpu) -> float:
+                    return statistics.median(d[field] for d in rows)
+                lines.append(f"  {key} CPU-seconds (median): control node {med('cpu_control_s'):.1f}, "
+                             f"sandboxes {med('cpu_hosts_s'):.1f}; on {os.cpu_count()} cores no less than "
+                             f"{med('cpu_floor_s'):.1f} s of wall time")
         lines.append("  (load: the highest 1-minute load average at the start of a sample / the highest mean "
                      f"while one ran; {os.cpu_count()} CPUs)")
         lines += ["", f"{'goal':<42} {'value':>10}  {'target':<9} met"]
@@ -530,6 +546,18 @@ class Bench:
 
 
 _TASK_LINE = re.compile(r"^\[\s*\d+(?:/\s*\d*\s*)?\] [^:]+: (.+)$")
+
+
+def _cpu(control: float, hosts: list[tuple[float | None, float | None]]) -> dict[str, Any]:
+    """CPU-seconds of a deploy: the control node's (ansible-playbook, ssh, the CLI) and the
+    sandboxes' (everything in their containers), and the shortest wall time that much CPU
+    allows on this machine's cores, since the sandboxes share them with the control node."""
+    used = [after - before for before, after in hosts if before is not None and after is not None]
+    out: dict[str, Any] = {"cpu_control_s": round(control, 1)}
+    if len(used) == len(hosts):
+        out["cpu_hosts_s"] = round(sum(used), 1)
+        out["cpu_floor_s"] = round((control + sum(used)) / (os.cpu_count() or 1), 1)
+    return out
 
 
 def _task_times(ran: Ran, top: int = 5) -> dict[str, Any]:

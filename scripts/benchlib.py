@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -181,6 +182,23 @@ def settle(max_load: float, patience: float, log: Callable[[str], None], what: s
 
 
 # ---- statistics and output --------------------------------------------------------------------
+
+
+def sandbox_cpu_seconds(name: str) -> float | None:
+    """CPU time used so far by everything in sandbox `name` (its container's cgroup), or None."""
+    out = run(["podman", "inspect", "-f", "{{.State.CgroupPath}}", f"mlops-sandbox-{name}"])
+    for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        stat = Path(root + out.stdout.strip()) / "cpu.stat"
+        if out.returncode == 0 and out.stdout.strip() and stat.is_file():
+            usage = re.search(r"^usage_usec (\d+)$", stat.read_text(), re.MULTILINE)
+            return int(usage.group(1)) / 1e6 if usage else None
+    return None
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's finished children (and theirs): the control node's share."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def percentile(samples: Sequence[float], fraction: float) -> float:

@@ -122,3 +122,21 @@ def test_ensure_names_a_missing_user_and_group_in_a_dry_run_and_refuses_a_file_f
     (tmp_path / "f").write_text("")
     with pytest.raises(SystemExit, match=r"f exists and is not a directory: move it away, then deploy again"):
         state.ensure(spec(tmp_path, f="0755"))
+
+
+def test_bytecode_from_an_import_becomes_hash_checked_and_stays_valid_whatever_the_mtime(tmp_path: Path) -> None:
+    source = tmp_path / "hello.py"
+    source.write_text("GREETING = 'hi'\n")
+    subprocess.run([sys.executable, "-c", "import hello"], cwd=tmp_path, check=True)  # a timestamp-checked .pyc
+    pyc = Path(wheelhouse.hash_checked_pyc(str(source)))
+    assert int.from_bytes(pyc.read_bytes()[4:8], "little") == 0b11  # hash-based, checked
+    os.utime(source, (1, 1))  # the host's copy gets another mtime
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    run = subprocess.run([sys.executable, "-v", "-c", "import hello; print(hello.GREETING)"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, check=True)
+    assert run.stdout == "hi\n"
+    assert f"code object from '{pyc}'" in run.stderr and "stale" not in run.stderr
+    source.write_text("GREETING = 'changed'\n")  # a source that differs is compiled again, never run stale
+    run = subprocess.run([sys.executable, "-c", "import hello; print(hello.GREETING)"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, check=True)
+    assert run.stdout == "changed\n"

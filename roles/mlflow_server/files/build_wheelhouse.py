@@ -70,14 +70,14 @@ def unpack_wheels(wheels: Path, site: Path) -> None:
 
 def imported_files(site: Path) -> list[str]:
     """The source files the server's modules import from `site`, found by importing them in an
-    isolated interpreter (no site-packages of this machine)."""
+    isolated interpreter (no site-packages of this machine), which also writes their bytecode."""
     code = ("import importlib, json, sys, warnings; warnings.simplefilter('ignore'); sys.path.insert(0, sys.argv[1])\n"
             "for name in sys.argv[2:]:\n"
             "    try: importlib.import_module(name)\n"
             "    except Exception: pass\n"
             "print(json.dumps(sorted({getattr(m, '__file__', None) or '' for m in list(sys.modules.values())})))")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(site.parent), "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true", "PYTHONDONTWRITEBYTECODE": "1"}
+           "DO_NOT_TRACK": "true"}
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(site), *SERVER_MODULES, *STORE_MODULES],
                           capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0:
@@ -86,8 +86,20 @@ def imported_files(site: Path) -> list[str]:
     return [f for f in json.loads(proc.stdout.strip().splitlines()[-1]) if f.startswith(prefix) and f.endswith(".py")]
 
 
-def _compile(source: str) -> str:
-    return py_compile.compile(source, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+def hash_checked_pyc(source: str) -> str:
+    """The bytecode of `source` as a hash-checked .pyc: valid whatever mtime the host's copy
+    gets. A .pyc the import wrote (timestamp-checked) only gets the new header; the code is the same."""
+    pyc = importlib.util.cache_from_source(source)
+    data = Path(source).read_bytes()
+    try:
+        written = Path(pyc).read_bytes()
+    except OSError:
+        written = b""
+    if written[:4] != importlib.util.MAGIC_NUMBER:
+        return py_compile.compile(source, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    flags = (0b11).to_bytes(4, "little")  # hash-based, checked
+    Path(pyc).write_bytes(importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(data) + written[16:])
+    return pyc
 
 
 def add_bytecode(wheels: Path, work: Path, python: str, machine: str) -> int:
@@ -101,7 +113,7 @@ def add_bytecode(wheels: Path, work: Path, python: str, machine: str) -> int:
         return 0  # the server did not import here: leave the bytecode to the host
     sources |= {str(f) for f in (site / "mlflow").rglob("*.py")}  # Alembic loads migrations by path
     with ProcessPoolExecutor() as pool:
-        compiled = [c for c in pool.map(_compile, sorted(sources), chunksize=64) if c]
+        compiled = list(pool.map(hash_checked_pyc, sorted(sources), chunksize=64))
     out = wheels / "bytecode"
     for pyc in compiled:
         target = out / os.path.relpath(pyc, site)
