@@ -368,11 +368,11 @@ class Bench:
         wheelhouse = paths.cache_dir() / "wheelhouse"
         for attempt in (1, 2):
             box = self.up(self.name("warm", index) + ("" if attempt == 1 else "b"))
-            before = set(wheelhouse.glob("*.tar"))
+            before = set(wheelhouse.glob("mlflow-*.tar"))
             self.settle("warm")
             self.log(f"warm deploy #{index} on {box.name}")
             seconds, detail = self.deploy(box, f"{box.name}-deploy")
-            if set(wheelhouse.glob("*.tar")) - before and attempt == 1:
+            if set(wheelhouse.glob("mlflow-*.tar")) - before and attempt == 1:
                 self.log(f"warm deploy #{index}: the shared wheelhouse was missing and got built; "
                          f"discarding this {seconds:.1f} s sample and repeating")
                 self.results["warm"].discarded.append(round(seconds, 2))

@@ -61,6 +61,8 @@ def test_deploy_prints_a_summary_and_the_server_answers(vm: VM) -> None:
         assert marker["from"] == "wheelhouse" and 2000 < marker["pyc"] <= int(pyc), marker
     else:  # written on the host, in the background
         assert marker["pyc"] > 2000 and "mlflow.server.auth: ModuleNotFoundError" not in marker["skipped"], marker
+    # The pushed wheelhouse (tar file and its unpacked copy) is gone once the venv is complete.
+    assert vm.sh("ls /opt/mlflow").split() == ["current", "tools", "venvs"]
 
 
 def test_real_mlflow_client_logs_and_reads_back_a_run(vm: VM) -> None:

@@ -1,11 +1,11 @@
-"""Build a venv from a pushed wheelhouse in one run: uv from its wheel, the venv, the install,
-the bytecode the control node made (when its Python is this one), the markers, then the
-wheelhouse removed. Runs as root with the host's python3, the venv's interpreter.
+"""Build a venv from a pushed wheelhouse in one run: the tar file unpacked, uv from its wheel,
+the venv, the install, the bytecode the control node made (when its Python is this one), the
+markers, then the wheelhouse removed. Runs as root with the host's python3, the venv's interpreter.
 
 One helper run instead of a module run per step (install.yml). Killed at any point it leaves
 no marker, so the next deploy runs it again over what is there: the venv is created only when
 it has no python, uv installs what is missing, and the marker is written last and atomically.
-Prints one JSON line: {"seconds": install time, "bytecode": whether the control node's bytecode
+Prints one JSON line: {"seconds": {phase: time}, "bytecode": whether the control node's bytecode
 was applied (then install.yml starts no bytecode job on the host)}.
 """
 
@@ -69,6 +69,7 @@ def apply_bytecode(wheelhouse: Path, venv: Path) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--tarball", type=Path, help="the pushed wheelhouse tar file, unpacked into --wheelhouse")
     ap.add_argument("--wheelhouse", required=True, type=Path)
     ap.add_argument("--venv", required=True, type=Path)
     ap.add_argument("--marker", required=True, type=Path, help="written last: the venv is complete")
@@ -76,20 +77,38 @@ def main() -> int:
     ap.add_argument("requirements", nargs="+")
     args = ap.parse_args()
 
-    begin = time.monotonic()
+    phases: dict[str, float] = {}
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        phases[name] = round(time.monotonic() - mark, 2)
+        mark = time.monotonic()
+
+    if args.tarball:
+        shutil.rmtree(args.wheelhouse, ignore_errors=True)  # what a killed run unpacked: start clean
+        args.wheelhouse.mkdir(mode=0o755)
+        subprocess.run(["tar", "-xf", str(args.tarball), "-C", str(args.wheelhouse), "--no-same-owner"], check=True)
+        phase("unpack")
     uv = uv_from_wheelhouse(args.wheelhouse)
     if not (args.venv / "bin" / "python").exists():
         subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(args.venv)], check=True)
+    phase("venv")
     # No --compile-bytecode: venv_bytecode.py writes the bytecode of what the server imports.
     subprocess.run([str(uv), "pip", "install", "--quiet", "--no-index", "--no-cache", "--find-links",
                     str(args.wheelhouse), "--python", str(args.venv / "bin" / "python"), *args.requirements],
                    check=True)
+    phase("install")
     pyc = apply_bytecode(args.wheelhouse, args.venv)
     if pyc and args.bytecode_marker:  # the same marker venv_bytecode.py writes on the host
         write_atomically(args.bytecode_marker, json.dumps({"pyc": pyc, "from": "wheelhouse"}) + "\n")
     write_atomically(args.marker, "".join(f"{r}\n" for r in args.requirements))
+    phase("bytecode")
     shutil.rmtree(args.wheelhouse)
-    print(json.dumps({"seconds": round(time.monotonic() - begin, 1), "bytecode": bool(pyc)}))
+    if args.tarball:
+        args.tarball.unlink()
+    phase("cleanup")
+    print(json.dumps({"seconds": phases, "bytecode": bool(pyc)}))
     return 0
 
 
