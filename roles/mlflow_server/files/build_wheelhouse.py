@@ -47,6 +47,14 @@ def platform_tags(glibc: str, machine: str) -> list[str]:
     return tags + [f"manylinux2014_{machine}", f"linux_{machine}"]
 
 
+def root_owned(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Modes and owners fixed, whatever this machine's umask: root runs what the host unpacks."""
+    member.mode = 0o755 if member.isdir() else 0o644
+    member.uid = member.gid = 0
+    member.uname = member.gname = "root"
+    return member
+
+
 def unpack_wheels(wheels: Path, site: Path) -> None:
     """The wheels' contents as uv lays them out in site-packages (without scripts or headers)."""
     for wheel in sorted(wheels.glob("*.whl")):
@@ -76,8 +84,8 @@ def imported_files(site: Path) -> list[str]:
             "    try: importlib.import_module(name)\n"
             "    except Exception: pass\n"
             "print(json.dumps(sorted({getattr(m, '__file__', None) or '' for m in list(sys.modules.values())})))")
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(site.parent), "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true"}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(site.parent),
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(site), *SERVER_MODULES, *STORE_MODULES],
                           capture_output=True, text=True, env=env, timeout=600)
     if proc.returncode != 0:
@@ -88,15 +96,25 @@ def imported_files(site: Path) -> list[str]:
 
 def hash_checked_pyc(source: str) -> str:
     """The bytecode of `source` as a hash-checked .pyc: valid whatever mtime the host's copy
-    gets. A .pyc the import wrote (timestamp-checked) only gets the new header; the code is the same."""
+    gets. A .pyc the import wrote for this very source (timestamp-checked, its mtime and size)
+    only gets the new header, the code being the same; anything else is compiled. "" for a
+    source that does not compile (the host compiles it in memory, as before)."""
     pyc = importlib.util.cache_from_source(source)
     data = Path(source).read_bytes()
+    st = os.stat(source)
     try:
         written = Path(pyc).read_bytes()
     except OSError:
         written = b""
-    if written[:4] != importlib.util.MAGIC_NUMBER:
-        return py_compile.compile(source, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+    timestamp_header = (importlib.util.MAGIC_NUMBER + (0).to_bytes(4, "little")
+                        + (int(st.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
+                        + (st.st_size & 0xFFFFFFFF).to_bytes(4, "little"))
+    if written[:16] != timestamp_header:
+        try:
+            return py_compile.compile(source, doraise=True,
+                                      invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        except py_compile.PyCompileError:
+            return ""
     flags = (0b11).to_bytes(4, "little")  # hash-based, checked
     Path(pyc).write_bytes(importlib.util.MAGIC_NUMBER + flags + importlib.util.source_hash(data) + written[16:])
     return pyc
@@ -113,7 +131,7 @@ def add_bytecode(wheels: Path, work: Path, python: str, machine: str) -> int:
         return 0  # the server did not import here: leave the bytecode to the host
     sources |= {str(f) for f in (site / "mlflow").rglob("*.py")}  # Alembic loads migrations by path
     with ProcessPoolExecutor() as pool:
-        compiled = list(pool.map(hash_checked_pyc, sorted(sources), chunksize=64))
+        compiled = [pyc for pyc in pool.map(hash_checked_pyc, sorted(sources), chunksize=64) if pyc]
     out = wheels / "bytecode"
     for pyc in compiled:
         target = out / os.path.relpath(pyc, site)
@@ -167,7 +185,7 @@ def main() -> int:
         partial = tarball.with_suffix(".tar.partial")
         with tarfile.open(partial, "w") as tar:
             for wheel in sorted(dest.iterdir()):
-                tar.add(wheel, arcname=wheel.name)
+                tar.add(wheel, arcname=wheel.name, filter=root_owned)
         os.replace(partial, tarball)  # atomic: a cached tarball is always complete
     shutil.rmtree(dest, ignore_errors=True)
     print(json.dumps({"changed": True, "tarball": str(tarball)}))

@@ -12,8 +12,9 @@ before anything is installed). Prints one JSON object and exits 0; the role deci
       owner and group; the user's primary group, home and shell; the group's gid (the install
       step copies only the helper scripts that differ). With --ensure (JSON: group, user, home,
       shell, dirs of path/owner/group/mode) it first creates or corrects the service group, the
-      service user and the install directories, one module run instead of one per item, and
-      names what it changed ("changed"); --dry-run (--check) names it and changes nothing
+      service user and the install directories, and removes the wheelhouses that killed deploys
+      left, one module run instead of one per item, and names what it changed ("changed");
+      --dry-run (--check) names it and changes nothing
   wait --port P --timeout S [--version V] [--since EPOCH]
       until /health answers 200 from a process of mlflow.service (not a foreign program on
       the port) running MLflow V, or the unit has failed (systemd gave up), or S seconds
@@ -22,12 +23,14 @@ before anything is installed). Prints one JSON object and exits 0; the role deci
 from __future__ import annotations
 
 import argparse
+import glob
 import grp
 import hashlib
 import json
 import os
 import pwd
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -297,7 +300,7 @@ def ensure(spec: dict, dry_run: bool = False) -> list[str]:
     for want in spec["dirs"]:
         path, mode = want["path"], int(want["mode"], 8)
         try:
-            st = os.lstat(path)
+            st = os.stat(path)  # a symlinked directory (/opt/mlflow -> /data/mlflow) is used as it is
             if not stat.S_ISDIR(st.st_mode):
                 raise SystemExit(f"{path} exists and is not a directory: move it away, then deploy again")
             if (_user(st.st_uid), _group(st.st_gid), stat.S_IMODE(st.st_mode)) == (want["owner"], want["group"], mode):
@@ -306,10 +309,21 @@ def ensure(spec: dict, dry_run: bool = False) -> list[str]:
         except FileNotFoundError:
             changed.append(f"{path} created")
             if not dry_run:
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
                 os.mkdir(path, mode=0o700)  # its owner and mode are set below, before anyone can use it
         if not dry_run:
             os.chown(path, pwd.getpwnam(want["owner"]).pw_uid, grp.getgrnam(want["group"]).gr_gid)
             os.chmod(path, mode)
+    stale = spec.get("stale_wheelhouses")
+    if stale:  # pushed by a deploy killed before its venv was complete; this venv's only once it is
+        keep = set() if os.path.exists(stale["venv_marker"]) else set(stale["current"])
+        for path in sorted(glob.glob(stale["glob"])):
+            if path not in keep:
+                changed.append(f"{path} removed (left by a deploy that was killed)")
+                if not dry_run and os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                elif not dry_run:
+                    Path(path).unlink(missing_ok=True)
     return changed
 
 
