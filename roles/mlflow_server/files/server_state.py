@@ -11,10 +11,11 @@ before anything is installed). Prints one JSON object and exits 0; the role deci
       for each path that exists: "dir" or the sha1 of a regular file's content, its octal mode,
       owner and group; the user's primary group, home and shell; the group's gid (the install
       step copies only the helper scripts that differ). With --ensure (JSON: group, user, home,
-      shell, dirs of path/owner/group/mode) it first creates or corrects the service group, the
-      service user and the install directories, and removes the wheelhouses that killed deploys
-      left, one module run instead of one per item, and names what it changed ("changed");
-      --dry-run (--check) names it and changes nothing
+      shell, dirs of path/owner/group/mode, install_lock, stale_wheelhouses) it first waits for
+      an install into this venv that a killed deploy left running, creates or corrects the
+      service group, the service user and the install directories, and removes the wheelhouses
+      killed deploys left: one module run instead of one per item. It names what it changed
+      ("changed"); --dry-run (--check) names it and changes nothing
   wait --port P --timeout S [--version V] [--since EPOCH]
       until /health answers 200 from a process of mlflow.service (not a foreign program on
       the port) running MLflow V, or the unit has failed (systemd gave up), or S seconds
@@ -23,6 +24,7 @@ before anything is installed). Prints one JSON object and exits 0; the role deci
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import grp
 import hashlib
@@ -285,6 +287,19 @@ def ensure(spec: dict, dry_run: bool = False) -> list[str]:
         if not dry_run:
             subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
+    lock = spec.get("install_lock")
+    if lock and os.path.exists(lock):  # a killed deploy's venv_install.py may still run: let it finish
+        with open(lock) as held:
+            deadline = time.monotonic() + 900
+            while True:
+                try:
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"an install into {os.path.dirname(lock)} has held {lock} for 15 minutes; "
+                                         "stop it (or wait), then deploy again") from None
+                    time.sleep(0.5)
     group, user, home, shell = spec["group"], spec["user"], spec["home"], spec["shell"]
     try:
         grp.getgrnam(group)
