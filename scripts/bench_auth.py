@@ -16,8 +16,15 @@ kind; each sample's req/s and the load average at its start), for:
 
 and the goal ratios of the issue on auth cost: default/auth-none throughput (>= 0.85) and p50
 (<= 1.2x), default/plain throughput (>= 1.3), errors of the default at 2x --clients (0).
+Every load sample also reports the sandbox's CPU time per request (its container's cgroup), the
+one figure the sharing of cores below cannot skew.
+
+--pin (the default on a machine with 2 or more cores) gives the sandbox the last core and this
+script (its client threads, and the deploys it starts) the others, so that the load generator
+does not take CPU from the server it measures; --no-pin shares every core as before.
 The sandbox is bench-auth-<id> and is removed at the end. Usage:
-  python scripts/bench_auth.py [--requests 50] [--clients 16] [--seconds 20] [--samples 3] [--distro debian12] [--json]
+  python scripts/bench_auth.py [--requests 50] [--clients 16] [--seconds 20] [--samples 3] [--no-pin]
+                              [--distro debian12] [--json]
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ import urllib.request
 import uuid
 from typing import Any
 
-from benchlib import CONTAINER_PREFIX, CONTAINERS_CONF, admin_password, cli, percentile, sandbox
+import benchlib
+from benchlib import CONTAINER_PREFIX, CONTAINERS_CONF, admin_password, cli, percentile, sandbox, sandbox_cpu_seconds
 
 
 class Api:
@@ -123,17 +131,25 @@ def load(api: Api, clients: int, seconds: float) -> dict[str, Any]:
             "errors": sum(errors.values()), "error_kinds": dict(errors)}
 
 
-def sampled(api: Api, clients: int, seconds: float, samples: int) -> dict[str, Any]:
+def sampled(api: Api, clients: int, seconds: float, samples: int, sandbox_name: str) -> dict[str, Any]:
     """load() `samples` times: the median of each figure, every sample's req/s and the 1-minute
-    load average at its start (this machine runs the clients and the VM), errors summed."""
+    load average at its start (this machine runs the clients and the VM), errors summed, and the
+    sandbox's CPU milliseconds per answered request."""
     runs, loadavgs = [], []
     for _ in range(samples):
         loadavgs.append(round(os.getloadavg()[0], 1))
-        runs.append(load(api, clients, seconds))
+        cpu_before = sandbox_cpu_seconds(sandbox_name)
+        outcome = load(api, clients, seconds)
+        cpu_after = sandbox_cpu_seconds(sandbox_name)
+        answered = outcome["req_per_s"] * seconds
+        outcome["cpu_ms_per_req"] = (round((cpu_after - cpu_before) * 1000 / answered, 1)
+                                     if cpu_before is not None and cpu_after is not None and answered else 0.0)
+        runs.append(outcome)
     kinds: collections.Counter[str] = collections.Counter()
     for run in runs:
         kinds.update(run["error_kinds"])
-    return {**{key: round(statistics.median(run[key] for run in runs), 1) for key in ("req_per_s", "p50_ms", "p95_ms")},
+    return {**{key: round(statistics.median(run[key] for run in runs), 1)
+               for key in ("req_per_s", "p50_ms", "p95_ms", "cpu_ms_per_req")},
             "errors": sum(kinds.values()), "error_kinds": dict(kinds),
             "samples_req_per_s": [run["req_per_s"] for run in runs], "loadavg": loadavgs}
 
@@ -145,9 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--samples", type=int, default=3, help="load runs per server (medians)")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
+                        help="the sandbox on the last core, the clients on the others (default with >= 2 cores)")
     parser.add_argument("--distro", default="debian12", choices=["debian12", "debian13"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cores) < 2:
+        parser.error(f"--pin needs 2 or more cores; this process may use {len(cores)}")
+    if args.pin:  # threads started later inherit this; the sandbox is pinned once it is up
+        os.sched_setaffinity(0, cores[:-1])
     os.environ.setdefault("CONTAINERS_CONF", str(CONTAINERS_CONF))
     from hand_install import install_and_start  # scripts/, beside this file
 
@@ -157,26 +180,31 @@ def main(argv: list[str] | None = None) -> int:
     latency: dict[str, dict[str, dict[str, float]]] = {}
     loads: dict[str, dict[str, Any]] = {}
     with sandbox(name, "--distro", args.distro) as base:
+        if args.pin:
+            benchlib.run(["podman", "update", "--cpuset-cpus", str(cores[-1]), CONTAINER_PREFIX + name], check=True)
         cli("deploy", "--host", name, check=True)
         admin = Api(base, "admin", admin_password(name))
         latency["default (30 s login cache)"] = measure(admin, args.requests, args.warmup)
-        loads["default (30 s login cache)"] = sampled(admin, args.clients, args.seconds, args.samples)
-        loads[f"default, {2 * args.clients} clients"] = sampled(admin, 2 * args.clients, args.seconds, args.samples)
+        loads["default (30 s login cache)"] = sampled(admin, args.clients, args.seconds, args.samples, name)
+        loads[f"default, {2 * args.clients} clients"] = sampled(admin, 2 * args.clients, args.seconds,
+                                                                 args.samples, name)
         cli("deploy", "--host", name, "-e", "mlflow_auth_cache_ttl_sec=0", check=True)
         latency["auth, no login cache"] = measure(admin, args.requests, args.warmup)
-        loads["auth, no login cache"] = sampled(admin, args.clients, args.seconds, args.samples)
+        loads["auth, no login cache"] = sampled(admin, args.clients, args.seconds, args.samples, name)
         cli("deploy", "--host", name, "--auth", "none", check=True)
         latency["auth none"] = measure(Api(base), args.requests, args.warmup)
-        loads["auth none"] = sampled(Api(base), args.clients, args.seconds, args.samples)
+        loads["auth none"] = sampled(Api(base), args.clients, args.seconds, args.samples, name)
         cli("destroy", "--host", name, "--yes", "--purge-data", check=True)
         install_and_start(CONTAINER_PREFIX + name, paths.cache_dir())
-        loads["plain mlflow server (defaults)"] = sampled(Api(base), args.clients, args.seconds, args.samples)
+        loads["plain mlflow server (defaults)"] = sampled(Api(base), args.clients, args.seconds, args.samples, name)
     default, none = loads["default (30 s login cache)"], loads["auth none"]
     plain = loads["plain mlflow server (defaults)"]
     ratios = {
         "default / auth none, throughput (goal >= 0.85)": round(default["req_per_s"] / none["req_per_s"], 2),
         "default / auth none, p50 (goal <= 1.2)": round(default["p50_ms"] / none["p50_ms"], 2),
         "default / plain mlflow, throughput (goal >= 1.3)": round(default["req_per_s"] / plain["req_per_s"], 2),
+        "plain mlflow / default, server CPU per request": round(plain["cpu_ms_per_req"] / default["cpu_ms_per_req"], 2)
+        if default["cpu_ms_per_req"] else 0.0,
         f"default errors at {2 * args.clients} clients (goal 0)":
             loads[f"default, {2 * args.clients} clients"]["errors"],
     }
@@ -188,11 +216,13 @@ def main(argv: list[str] | None = None) -> int:
         for mode, numbers in latency.items():
             row = numbers[request]
             print(f"{request:<22} {mode:<28} {row['median_ms']:>7.1f}ms {row['p90_ms']:>7.1f}ms")
-    print(f"\n{'under load':<34} {'req/s':>8} {'p50':>9} {'p95':>9} {'errors':>7}   "
-          f"({args.clients} clients, {args.seconds:.0f} s; medians of {args.samples}: samples, load average)")
+    pinning = f"sandbox on core {cores[-1]}, clients on {cores[:-1]}" if args.pin else "cores shared"
+    print(f"\n{'under load':<34} {'req/s':>8} {'p50':>9} {'p95':>9} {'errors':>7} {'CPU/req':>8}   "
+          f"({args.clients} clients, {args.seconds:.0f} s, {pinning}; "
+          f"medians of {args.samples}: samples, load average)")
     for mode, row in loads.items():
         print(f"{mode:<34} {row['req_per_s']:>8.1f} {row['p50_ms']:>7.1f}ms {row['p95_ms']:>7.1f}ms "
-              f"{row['errors']:>7.0f}   {row['samples_req_per_s']} {row['loadavg']}")
+              f"{row['errors']:>7.0f} {row['cpu_ms_per_req']:>6.1f}ms   {row['samples_req_per_s']} {row['loadavg']}")
     for mode, outcome in loads.items():
         for kind, count in outcome["error_kinds"].items():
             print(f"  {mode}: {count} x {kind}")
