@@ -139,11 +139,13 @@ def podman_network(name: str, *vms: VM) -> Iterator[PodmanNetwork]:
         subprocess.run([*podman, "rm", "--force", name], capture_output=True)
 
 
-def deploy_until(vm: VM, pattern: str, sig: int, *args: str, verb: str = "deploy") -> tuple[int, str, str, float]:
+def deploy_until(vm: VM, pattern: str, sig: int, *args: str, verb: str = "deploy",
+                 delay: float = 0) -> tuple[int, str, str, float]:
     """Start a deploy (or another verb that deploys: restore), and send sig to its whole process
     group when a progress line matches pattern (the task has started, so the one before it has
-    finished). After SIGKILL nothing the CLI started may live on: not ansible-playbook, its
-    workers or their ssh (they would hold the host's deploy lock and go on changing the host)."""
+    finished), or `delay` seconds after it (to land inside a long task). After SIGKILL nothing
+    the CLI started may live on: not ansible-playbook, its workers or their ssh (they would hold
+    the host's deploy lock and go on changing the host)."""
     run_id = f"{vm.name}-{time.time_ns()}"
     proc = subprocess.Popen([CLI, verb, "--host", vm.name, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -154,6 +156,7 @@ def deploy_until(vm: VM, pattern: str, sig: int, *args: str, verb: str = "deploy
     for line in proc.stderr:
         seen.append(line)
         if not sent_at and re.search(pattern, line):
+            time.sleep(delay)
             os.killpg(proc.pid, sig)
             sent_at = time.monotonic()
     out = proc.stdout.read() if proc.stdout else ""

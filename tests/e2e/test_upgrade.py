@@ -1,5 +1,6 @@
 """Upgrades that cannot lose data, on one sandbox, in order: MLflow 3.14.0 with real data (runs
-with 50-step metrics, an artifact, a registered model, a second user) -> an upgrade that fails
+with 50-step metrics, an artifact, a registered model, a second user) -> an upgrade killed while
+it installs the new release leaves the old server serving, untouched -> an upgrade that fails
 after its migration restores the backup and the old release serves the same data -> the real
 upgrade killed mid-migration leaves a marker and a stopped server -> the next plain deploy
 restores that backup first, migrates once more, and every run, artifact and user is still
@@ -52,6 +53,26 @@ def test_old_release_with_real_data(vm: VM) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert running_version(vm) == OLD and schema(vm) == OLD_HEAD
     DATA.update(write_real_data(vm, "upgrade"))
+
+
+def test_an_upgrade_killed_while_installing_the_new_release_leaves_the_old_server_serving(
+        vm: VM, tmp_path: Path) -> None:
+    """SIGKILL to the whole CLI a few seconds into the new release's venv install (unpacking or
+    installing the pushed wheelhouse): the old server must not notice. The next plain upgrade
+    (the test after this one) waits for the orphaned install, if any, and starts it again clean."""
+    pid, started = vm.main_pid(), vm.sh("systemctl show -p ExecMainStartTimestampMonotonic --value mlflow.service")
+    venv_before = vm.sh("readlink /opt/mlflow/current").strip()
+    install = r"Install \| Install MLflow and the store clients from the wheelhouse into the venv"
+    rc, _, err, _ = deploy_until(vm, install, signal.SIGKILL, *LEAN, "--mlflow-version", NEW, delay=4)
+    assert rc == -signal.SIGKILL, err
+    # The same process of the old release, started at the same moment, serves the same data.
+    assert vm.main_pid() == pid
+    assert vm.sh("systemctl show -p ExecMainStartTimestampMonotonic --value mlflow.service") == started
+    assert vm.sh("readlink /opt/mlflow/current").strip() == venv_before
+    assert running_version(vm) == OLD and schema(vm) == OLD_HEAD
+    assert cli("health", "--host", vm.name).returncode == 0
+    back = read_back(vm, str(tmp_path))
+    assert back["steps"] == list(range(50)) and back["artifact"] == DATA["artifact"] and back["runs"] == 5
 
 
 def test_an_upgrade_that_fails_after_its_migration_restores_the_backup(vm: VM, tmp_path: Path) -> None:
@@ -125,6 +146,9 @@ def test_the_upgrade_migrates_once_with_a_backup_and_keeps_every_run(vm: VM, tmp
     assert experiments_seen_by(vm, "bob", DATA["bob"]) >= 1
     proc = cli("deploy", "--host", vm.name, *LEAN)  # migrated once: the next deploy neither migrates nor restarts
     assert proc.returncode == 0 and "  schema " not in proc.stdout and "restarted" not in proc.stdout, proc.stdout
+    # Nothing is left of the killed install's wheelhouse: the two releases' venvs and nothing else.
+    assert vm.sh("ls /opt/mlflow").split() == ["current", "tools", "venvs"]
+    assert len(vm.sh("ls /opt/mlflow/venvs").split()) == 2
 
 
 def test_a_downgrade_is_refused_before_anything_stops(vm: VM) -> None:
