@@ -31,6 +31,8 @@ from mlops_provision.redact import Redactor
 KEEP_RUNS = 50
 # Tasks whose failure means bad input whatever their message (see failures.BAD_INPUT_MARKER).
 VALIDATION_TASKS = (ARG_SPEC_TASK, *LEGACY_VALIDATION_TASKS)
+# deploy.yml's first play, which runs on the control node (roles/mlflow_server/tasks/realms.yml).
+INVENTORY_CHECK_PLAY = "Check the inventory as a whole"
 # How often ansible-runner polls the cancel callback: Ctrl-C takes effect within this.
 CANCEL_POLL_S = 1
 
@@ -165,8 +167,8 @@ def _cmdline(req: RunRequest, vars_file: Path, vault_file: Path | None) -> list[
         args += ["--vault-password-file", str(vault_file)]
     for extra in req.passthrough_extravars:
         args += ["-e", extra]
-    if req.limit:
-        args += ["--limit", req.limit]
+    if req.limit:  # localhost too: deploy.yml's first play checks the whole inventory there
+        args += ["--limit", f"{req.limit},localhost"]
     if req.tags:
         args += ["--tags", req.tags]
     if req.check:
@@ -308,7 +310,8 @@ def _collect(event: dict[str, Any], hosts: dict[str, HostResult]) -> None:
         for stat, attr in (("ok", "ok"), ("changed", "changed"), ("failures", "failed"),
                            ("dark", "unreachable"), ("skipped", "skipped")):
             for host, count in (data.get(stat) or {}).items():
-                setattr(hosts.setdefault(host, HostResult(host)), attr, int(count))
+                if host in hosts:  # not the control node of a passed inventory check
+                    setattr(hosts[host], attr, int(count))
         for entry in hosts.values():
             if entry.stopped_answering and entry.failed:  # lost, not broken: exit 3
                 entry.unreachable, entry.failed = entry.unreachable + entry.failed, 0
@@ -316,6 +319,8 @@ def _collect(event: dict[str, Any], hosts: dict[str, HostResult]) -> None:
     host = data.get("host")
     if not host:
         return
+    if str(data.get("play", "")).startswith(INVENTORY_CHECK_PLAY) and kind != "runner_on_failed":
+        return  # the control node checking the whole inventory is no target host; only its refusal counts
     entry = hosts.setdefault(host, HostResult(host))
     res = data.get("res") or {}
     if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):

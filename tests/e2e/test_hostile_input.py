@@ -271,6 +271,10 @@ class InventoryRow:
     bug: str = ""
     reachable: bool = True  # False: the host is 127.0.0.1 on a closed port
     hidden: str = ""  # must not appear in the output (a password)
+    # A second server and a database host (never contacted: 127.0.0.1 on a closed port), with
+    # these variables for all servers and the database host: the whole-inventory checks.
+    realm: dict[str, Any] | None = None
+    db_vars: dict[str, Any] | None = None
 
 
 INVENTORY_ROWS: list[InventoryRow] = [
@@ -290,6 +294,20 @@ INVENTORY_ROWS: list[InventoryRow] = [
     InventoryRow("inv-backup-schedule-bogus", {"mlflow_backup_schedule": "bogus"},
                  'mlflow_backup_schedule "bogus" with mlflow_backup_keep 7: '),
     InventoryRow("inv-unreachable", {}, "hostile-inv: UNREACHABLE", code=3, reachable=False),
+    # Checked on this machine before any host is contacted (tasks/realms.yml).
+    InventoryRow("inv-shared-db-local-artifacts", {},
+                 "2 servers (hostile-inv, hostile-inv2) share the database mlflow on hostile-db, but keep "
+                 "artifacts on their own disks (hostile-inv: /var/lib/mlflow/artifacts, hostile-inv2: "
+                 "/var/lib/mlflow/artifacts): a run logged through one server would have its artifacts on that "
+                 "host only.", realm={"mlflow_backend": "postgresql"},
+                 db_vars={"mlflow_postgresql_max_connections": 400}),
+    InventoryRow("inv-connection-budget", {},
+                 "2 server(s) on PostgreSQL mlflow on hostile-db may open 300 connections (hostile-inv: (4 workers "
+                 "+ 1) x 3 stores x (5 pool + 5 overflow) = 150; hostile-inv2: (4 workers + 1) x 3 stores x (5 pool "
+                 "+ 5 overflow) = 150), but its max_connections 200 leaves 187 (13 kept for superusers, backups and "
+                 "maintenance). Set mlflow_postgresql_max_connections to 313 or more",
+                 realm={"mlflow_backend": "postgresql", "mlflow_artifacts_destination": "s3://hostile-bucket/mlflow"},
+                 db_vars={}),
 ]
 
 
@@ -366,7 +384,14 @@ def test_refused_by_the_role_before_any_change(row: InventoryRow, vm: VM, baseli
     connection = (box.inventory_vars() if row.reachable else
                   {"ansible_host": "127.0.0.1", "ansible_port": _closed_port(), "ansible_user": "nobody"})
     inventory = tmp_path / "inventory.yml"
-    inventory.write_text(yaml.safe_dump({"mlflow_servers": {"hosts": {"hostile-inv": {**connection, **row.hostvars}}}}))
+    servers: dict[str, Any] = {"hosts": {"hostile-inv": {**connection, **row.hostvars}}}
+    groups = {"mlflow_servers": servers}
+    if row.realm is not None:
+        nowhere = {"ansible_host": "127.0.0.1", "ansible_port": _closed_port(), "ansible_user": "nobody"}
+        servers["hosts"]["hostile-inv2"] = nowhere
+        servers["vars"] = row.realm
+        groups["mlflow_db"] = {"hosts": {"hostile-db": {**nowhere, **(row.db_vars or {})}}}
+    inventory.write_text(yaml.safe_dump(groups))
     proc = subprocess.run([CLI, "deploy", "-i", str(inventory), "--tags", "mlflow_preflight"],
                           capture_output=True, text=True, timeout=300, env=_clean_env())
     out = proc.stdout + proc.stderr

@@ -1,8 +1,8 @@
 """PostgreSQL backend end to end: a project-managed database on the VM, runs and a registered
 model through the real client, rows in PostgreSQL, the upgrade from an older release (pg_dump
-backup, one migration, the data read back), backup and restore, a password that never leaks, a
-preflight that refuses bad credentials while the old server keeps serving, vault-encrypted
-secrets.
+backup, one migration, the data read back), no more connections under load than the budget
+counts, backup and restore, a password that never leaks, a preflight that refuses bad
+credentials while the old server keeps serving, vault-encrypted secrets.
 
 The tests run in order against one sandbox and build on each other.
 """
@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -143,6 +144,44 @@ print(json.dumps({{}}))
         f"taken on {vm.name} at " in proc.stdout
     assert "             the databases it replaced: /var/backups/mlflow/pre-restore-" in proc.stdout
     assert _model_versions(vm) == "1"
+
+
+def test_under_load_the_server_holds_no_more_connections_than_the_budget_counts(vm: VM) -> None:
+    """The connection budget (tasks/realms.yml, mlflow_derive.server_connections) is a hard
+    bound only if MLflow never opens more: 24 writers at once, the peak sampled meanwhile."""
+    budget = 3 * 3 * (5 + 5)  # (2 workers + 1) x 3 stores x (pool 5 + overflow 5)
+    count = "runuser -u postgres -- psql -tAc \"SELECT count(*) FROM pg_stat_activity WHERE usename = 'mlflow'\""
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], int(vm.sh(count).strip()))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = mlflow_client(f"""
+import json, mlflow
+from concurrent.futures import ThreadPoolExecutor
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+client = MlflowClient({vm.url!r})
+exp = client.create_experiment("pg-budget")
+def work(i):
+    run = client.create_run(exp).info.run_id
+    for step in range(15):
+        client.log_batch(run, metrics=[Metric(f"m{{k}}", 0.5, 0, step) for k in range(10)])
+        client.search_runs([exp], max_results=5)
+    return run
+with ThreadPoolExecutor(24) as pool:
+    runs = list(pool.map(work, range(24)))
+print(json.dumps({{"steps": sum(len(client.get_metric_history(r, "m0")) for r in runs)}}))
+""", admin_env(vm))
+    finally:
+        done.set()
+        sampler.join()
+    assert result["steps"] == 24 * 15
+    assert 0 < peak[0] <= budget, peak[0]
 
 
 def test_redeploy_changes_nothing(vm: VM) -> None:

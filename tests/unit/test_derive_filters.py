@@ -32,11 +32,12 @@ def test_the_plugin_is_plain_python_without_ansible() -> None:
     assert imported <= {"__future__", "re", "collections", "typing", "urllib"}, imported
 
 
-def test_every_filter_vars_main_uses_exists_and_every_filter_is_used() -> None:
+def test_every_filter_the_role_uses_exists_and_every_filter_is_used() -> None:
     digest = load_module(ROLE / "filter_plugins" / "deploy_digest.py", "deploy_digest_filters")
-    filters = {**d.FilterModule().filters(), **digest.FilterModule().filters()}
+    lock = load_module(ROLE / "filter_plugins" / "deploy_lock.py", "deploy_lock_filters")
+    filters = {**d.FilterModule().filters(), **digest.FilterModule().filters(), **lock.FilterModule().filters()}
     assert all(name.startswith("mlflow_") for name in filters)
-    text = (ROLE / "vars" / "main.yml").read_text()
+    text = "\n".join(path.read_text() for path in [ROLE / "vars" / "main.yml", *(ROLE / "tasks").rglob("*.yml")])
     used = set(re.findall(r"\|\s*(mlflow_[a-z0-9_]+)", text))
     assert used <= set(filters), used - set(filters)
     assert set(filters) == used, set(filters) - used  # and none is left unwired
@@ -328,3 +329,116 @@ def test_allowed_hosts() -> None:
     assert d.allowed_hosts([], names) == expected
     explicit = ["mlflow.example.com", "mlflow.example.com:*"]
     assert d.allowed_hosts(explicit, names) is explicit  # as given, not extended
+
+
+# --- realms: servers sharing one database ---------------------------------------------------------
+
+REALM_DEFAULTS = {
+    "mlflow_backend": "sqlite", "mlflow_backend_store_uri": "", "mlflow_postgresql_database": "mlflow",
+    "mlflow_postgresql_max_connections": 200, "mlflow_registry_store_uri": "", "mlflow_serve_artifacts": True,
+    "mlflow_default_artifact_root": "", "mlflow_artifacts_destination": "/var/lib/mlflow/artifacts",
+    "mlflow_workers": 4, "mlflow_db_pool_size": 5, "mlflow_db_max_overflow": 5, "mlflow_auth": "basic",
+    "mlflow_job_execution": False,
+}
+S3 = {"mlflow_artifacts_destination": "s3://bucket/mlflow"}
+
+
+def test_a_server_counts_a_pool_per_store_in_every_process() -> None:
+    assert d.server_connections(4, 5, 5, "basic") == (150, "(4 workers + 1) x 3 stores x (5 pool + 5 overflow) = 150")
+    assert d.server_connections(4, 3, 2, "none")[0] == 50  # no user database
+    assert d.server_connections(4, 3, 2, "none", separate_registry=True)[0] == 25
+    assert d.server_connections(2, 5, 5, "basic", job_execution=True) == (
+        180, "(2 workers + 1) x 3 stores x (5 pool + 5 overflow) + 9 job processes x 10 = 180")
+
+
+def test_servers_on_the_mlflow_db_host_are_one_realm_and_sqlite_servers_are_alone() -> None:
+    hostvars = {"a": {"mlflow_backend": "postgresql", **S3}, "b": {"mlflow_backend": "postgresql", **S3},
+                "c": {}, "db": {"mlflow_postgresql_max_connections": 400}}
+    found = d.realms(["a", "b", "c"], hostvars, ["db"], REALM_DEFAULTS)
+    assert [(r["database"], r["servers"], r["max_connections"]) for r in found] == [
+        ("mlflow on db", ["a", "b"], 400), ("SQLite on c", ["c"], None)]
+    assert d.realm_problems(found) == []
+
+
+def test_an_external_database_is_shared_by_address_and_one_on_localhost_is_each_servers_own() -> None:
+    shared = {"mlflow_backend_store_uri": "postgresql://u:secret@db.example.com/mlflow", **S3}
+    own = {"mlflow_backend_store_uri": "postgresql://u:secret@127.0.0.1:5432/mlflow"}
+    found = d.realms(["a", "b", "c", "e"], {"a": shared, "b": shared, "c": own, "e": own}, [], REALM_DEFAULTS)
+    assert [(r["database"], r["servers"], r["max_connections"]) for r in found] == [
+        ("postgresql://db.example.com:5432/mlflow", ["a", "b"], None),
+        ("postgresql://u:***@127.0.0.1:5432/mlflow on c", ["c"], None),
+        ("postgresql://u:***@127.0.0.1:5432/mlflow on e", ["e"], None)]
+    assert "secret" not in repr(found)
+    assert d.realm_problems(found) == []  # an operator's max_connections is read from the server
+
+
+def test_servers_sharing_a_database_with_artifacts_on_their_own_disks_are_refused() -> None:
+    hostvars = {"a": {"mlflow_backend": "postgresql"}, "b": {"mlflow_backend": "postgresql", **S3},
+                "db": {"mlflow_postgresql_max_connections": 400}}
+    found = d.realms(["a", "b"], hostvars, ["db"], REALM_DEFAULTS)
+    assert d.realm_problems(found) == [
+        "2 servers (a, b) share the database mlflow on db, but keep artifacts on their own disks "
+        "(a: /var/lib/mlflow/artifacts): a run logged through one server would have its artifacts on that host "
+        "only. Give the servers of a shared database one artifact store: mlflow_artifacts_destination "
+        "(--artifacts-destination) s3://, wasbs://, gs:// or sftp://."]
+    # One server alone may keep its artifacts locally.
+    assert d.realm_problems(d.realms(["a"], hostvars, ["db"], REALM_DEFAULTS)) == []
+
+
+def test_more_connections_than_the_projects_postgresql_allows_are_refused_with_the_number_to_set() -> None:
+    hostvars = {"a": {"mlflow_backend": "postgresql", **S3}, "b": {"mlflow_backend": "postgresql", **S3},
+                "db": {}}
+    problems = d.realm_problems(d.realms(["a", "b"], hostvars, ["db"], REALM_DEFAULTS))
+    assert problems == [
+        "2 server(s) on PostgreSQL mlflow on db may open 300 connections "
+        "(a: (4 workers + 1) x 3 stores x (5 pool + 5 overflow) = 150; "
+        "b: (4 workers + 1) x 3 stores x (5 pool + 5 overflow) = 150), but its max_connections 200 leaves 187 "
+        "(13 kept for superusers, backups and maintenance). Set mlflow_postgresql_max_connections to 313 or "
+        "more, or lower mlflow_workers, mlflow_db_pool_size or mlflow_db_max_overflow."]
+    # The defaults fit the project's PostgreSQL (200) on one server (150 <= 187), and 313 fits two;
+    # a stock max_connections of 100 does not.
+    one = {"a": {"mlflow_backend": "postgresql"}}
+    assert d.realm_problems(d.realms(["a"], one, [], REALM_DEFAULTS)) == []
+    stock = REALM_DEFAULTS | {"mlflow_postgresql_max_connections": 100}
+    assert len(d.realm_problems(d.realms(["a"], one, [], stock))) == 1
+    hostvars["db"] = {"mlflow_postgresql_max_connections": 313}
+    assert d.realm_problems(d.realms(["a", "b"], hostvars, ["db"], REALM_DEFAULTS)) == []
+
+
+def test_values_that_are_not_numbers_are_left_to_each_hosts_own_validation() -> None:
+    found = d.realms(["a"], {"a": {"mlflow_backend": "postgresql", "mlflow_workers": "many"}}, [], REALM_DEFAULTS)
+    assert found[0]["connections"]["a"] == (0, "not counted (invalid numbers)") and d.realm_problems(found) == []
+    found = d.realms(["a"], {"a": {"mlflow_backend": "postgresql", "mlflow_postgresql_max_connections": "x"}},
+                     [], REALM_DEFAULTS)
+    assert found[0]["max_connections"] is None and d.realm_problems(found) == []
+
+
+def test_servers_sharing_a_database_must_all_require_a_login() -> None:
+    shared = {"mlflow_backend": "postgresql", **S3}
+    hostvars = {"a": shared, "b": {**shared, "mlflow_auth": "none"}, "db": {"mlflow_postgresql_max_connections": 400}}
+    assert d.realm_problems(d.realms(["a", "b"], hostvars, ["db"], REALM_DEFAULTS)) == [
+        "2 servers (a, b) share the database mlflow on db, but b would serve it without authentication "
+        "(mlflow_auth none): anyone reaching it could read and delete what the others protect. Give every server "
+        "of a shared database the same mlflow_auth (--auth)."]
+    hostvars["a"] = {**shared, "mlflow_auth": "none"}  # all open: the deploy warns about that, per host
+    assert d.realm_problems(d.realms(["a", "b"], hostvars, ["db"], REALM_DEFAULTS)) == []
+
+
+def test_one_server_of_a_shared_database_at_most_runs_server_side_jobs() -> None:
+    shared = {"mlflow_backend": "postgresql", **S3}
+    hostvars = {"a": {**shared, "mlflow_job_execution": True}, "b": {**shared, "mlflow_job_execution": "true"},
+                "c": shared, "db": {"mlflow_postgresql_max_connections": 1000}}
+    assert d.realm_problems(d.realms(["a", "b", "c"], hostvars, ["db"], REALM_DEFAULTS)) == [
+        "2 servers (a, b) on the database mlflow on db would run MLflow's server-side jobs: each restart re-queues "
+        "the jobs the others are running, so jobs would run twice. Turn mlflow_job_execution (--job-execution) on "
+        "for one server of a shared database at most."]
+    hostvars["b"] = shared
+    assert d.realm_problems(d.realms(["a", "b", "c"], hostvars, ["db"], REALM_DEFAULTS)) == []
+
+
+def test_booleans_arrive_as_strings_from_templates_and_are_read_as_booleans() -> None:
+    hostvars = {"a": {"mlflow_backend": "postgresql", "mlflow_job_execution": "False",
+                      "mlflow_serve_artifacts": "false", "mlflow_default_artifact_root": "s3://b/p",
+                      "mlflow_artifacts_destination": "/var/lib/mlflow/artifacts"}}
+    realm = d.realms(["a"], hostvars, [], REALM_DEFAULTS)[0]
+    assert realm["jobs"] == [] and realm["connections"]["a"][0] == 150 and realm["artifacts"]["a"] == "s3://b/p"

@@ -110,6 +110,34 @@ def test_a_host_that_stops_answering_is_unreachable_not_failed(msg: str) -> None
     assert (h.failed, h.unreachable, h.ok) == (0, 1, 12)
 
 
+def test_the_control_nodes_inventory_check_is_no_host_of_the_summary_unless_it_refuses() -> None:
+    play = "Check the inventory as a whole, before any host is touched"
+    task = "Realms | Check the servers that share a database"
+    hosts: dict[str, HostResult] = {}
+    for name in ("Validating arguments against arg spec 'main'", task):  # the role's dependency validates too
+        _collect({"event": "runner_on_ok", "event_data": {"host": "localhost", "play": play, "task": name}}, hosts)
+    _collect({"event": "runner_on_ok", "event_data": {"host": "vm1", "task": "Preflight | Facts", "res": {}}}, hosts)
+    _collect(_stats(ok={"localhost": 2, "vm1": 30}), hosts)
+    assert list(hosts) == ["vm1"] and hosts["vm1"].ok == 30
+    hosts = {}
+    refused = _failed("localhost", task, "[bad input] 2 servers (a, b) share the database mlflow on db, but ...")
+    refused["event_data"]["play"] = play
+    _collect(refused, hosts)
+    _collect(_stats(failures={"localhost": 1}), hosts)
+    assert hosts["localhost"].validation_failed and hosts["localhost"].failed == 1
+    assert hosts["localhost"].failures == ["2 servers (a, b) share the database mlflow on db, but ..."]
+
+
+def test_the_first_play_of_deploy_is_the_inventory_check_on_the_control_node() -> None:
+    import yaml
+
+    from tests.conftest import ROOT
+
+    first = yaml.safe_load((ROOT / "playbooks" / "deploy.yml").read_text())[0]
+    assert first["name"].startswith(runner.INVENTORY_CHECK_PLAY)
+    assert (first["hosts"], first["connection"], first["gather_facts"]) == ("localhost", "local", False)
+
+
 def test_an_ordinary_failure_stays_a_failure() -> None:
     failure = classify("vm1", "Service | Start", {"msg": "Unable to start service mlflow"})
     assert (failure.message, failure.validation, failure.lost_host) == ("Unable to start service mlflow",

@@ -178,6 +178,141 @@ def store_env(config_dir: str, *, s3_access_key_id: Any = "", s3_secret_access_k
     return {name: value for name, value in env.items() if value}
 
 
+# --- servers that share a database (a realm) -------------------------------------------------
+
+# Every process keeps a pool per store: tracking, model registry (its own engine even on the same
+# URI) and basic auth's user database (the same PostgreSQL). The `mlflow server` parent keeps its
+# stores' pools too; with server-side jobs, the job runner and its 8 huey consumers one each.
+JOB_PROCESSES = 9
+# PostgreSQL keeps superuser_reserved_connections (3) for superusers; 10 more stay free for
+# backups, psql and monitoring.
+RESERVED_CONNECTIONS = 13
+
+
+def reserved_connections(_: Any = None) -> int:
+    return RESERVED_CONNECTIONS
+
+
+def server_connections(workers: Any, pool_size: Any, max_overflow: Any, auth: str, job_execution: Any = False,
+                       separate_registry: Any = False) -> tuple[int, str]:
+    """The most PostgreSQL connections one server may hold, and how that number is made."""
+    per_store = int(pool_size) + int(max_overflow)
+    stores = 1 + (0 if separate_registry else 1) + (1 if auth == "basic" else 0)
+    total = (int(workers) + 1) * stores * per_store
+    shown = (f"({int(workers)} workers + 1) x {stores} stores x "
+             f"({int(pool_size)} pool + {int(max_overflow)} overflow)")
+    if job_execution:
+        total += JOB_PROCESSES * per_store
+        shown += f" + {JOB_PROCESSES} job processes x {per_store}"
+    return total, f"{shown} = {total}"
+
+
+def _true(value: Any) -> bool:
+    """A boolean variable as YAML, -e or a template may give it (True, "true", "yes", 1, ...)."""
+    return str(value).strip().lower() in ("true", "yes", "on", "1")
+
+
+def _shared_database(uri: str) -> str:
+    """scheme://host:port/database of a database server the URI reaches over the network; ""
+    for SQLite and for a database on the MLflow host itself (its own, whatever it is called)."""
+    kind = backend_kind(uri)
+    parts = _split(uri)
+    if kind == "sqlite" or (parts.hostname or "") in LOCAL_DB_HOSTS:
+        return ""
+    port = parts.port or (DEFAULT_POSTGRESQL_PORT if kind == "postgresql" else "")
+    return f"{kind}://{parts.hostname}:{port}/{re.sub(r'^/', '', parts.path)}"
+
+
+def realms(servers: Sequence[str], hostvars: Mapping[str, Any], db_hosts: Sequence[str],
+           defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The servers grouped by the tracking database they use (servers on a database of their own
+    are a group each), with what the checks need: the database's name, whether it is PostgreSQL
+    and, for the project's own, its max_connections (None for an operator's database: the deploy
+    reads that one from the server), and per server its artifact store and the connections it
+    may open. A variable a host does not set (a role default) comes from defaults."""
+    def var(host: str, name: str) -> Any:
+        values = hostvars[host]
+        return values[name] if name in values else defaults[name]
+
+    groups: dict[str, dict[str, Any]] = {}
+    for host in sorted(servers):  # the same message whatever the inventory's order
+        uri, backend = str(var(host, "mlflow_backend_store_uri") or ""), str(var(host, "mlflow_backend"))
+        max_connections = None
+        if uri:
+            database = _shared_database(uri) or f"{redact_uri(uri)} on {host}"
+            postgresql = backend_kind(uri) == "postgresql"
+        elif backend == "postgresql":  # the project's own: on the mlflow_db host, else on the server
+            db_host = db_hosts[0] if db_hosts else host
+            database = f"{var(db_host, 'mlflow_postgresql_database')} on {db_host}"
+            postgresql = True
+            limit = str(var(db_host, "mlflow_postgresql_max_connections"))
+            max_connections = int(limit) if limit.isdigit() else None  # else the database role refuses it
+        else:
+            database, postgresql = f"SQLite on {host}", False
+        realm = groups.setdefault(database, {"database": database, "postgresql": postgresql,
+                                             "max_connections": max_connections,
+                                             "servers": [], "artifacts": {}, "connections": {}, "budget": [],
+                                             "auth": {}, "jobs": []})
+        realm["servers"].append(host)
+        realm["auth"][host] = str(var(host, "mlflow_auth"))
+        jobs = _true(var(host, "mlflow_job_execution"))
+        if jobs:
+            realm["jobs"].append(host)
+        realm["artifacts"][host] = artifact_store(_true(var(host, "mlflow_serve_artifacts")),
+                                                  str(var(host, "mlflow_default_artifact_root")),
+                                                  str(var(host, "mlflow_artifacts_destination")))
+        try:
+            realm["connections"][host] = server_connections(
+                var(host, "mlflow_workers"), var(host, "mlflow_db_pool_size"), var(host, "mlflow_db_max_overflow"),
+                str(var(host, "mlflow_auth")), jobs, bool(var(host, "mlflow_registry_store_uri")))
+        except (TypeError, ValueError):  # not a number: the host's own validation names it
+            realm["connections"][host] = (0, "not counted (invalid numbers)")
+        realm["budget"].append(f"{host}: {realm['connections'][host][1]}")
+    return list(groups.values())
+
+
+def realm_problems(found: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What makes these realms unsafe to deploy, a sentence each (none: empty): servers sharing
+    a database but keeping artifacts on their own disks, or differing in authentication, more
+    than one of them running server-side jobs, and more connections than the project's own
+    PostgreSQL accepts."""
+    problems = []
+    for realm in found:
+        servers, artifacts = realm["servers"], realm["artifacts"]
+        if len(set(realm["auth"].values())) > 1:
+            open_ = [host for host in servers if realm["auth"][host] != "basic"]
+            problems.append(
+                f"{len(servers)} servers ({', '.join(servers)}) share the database {realm['database']}, but "
+                f"{', '.join(open_)} would serve it without authentication (mlflow_auth "
+                f"{', '.join(sorted(set(realm['auth'][h] for h in open_)))}): anyone reaching it could read and "
+                "delete what the others protect. Give every server of a shared database the same mlflow_auth "
+                "(--auth).")
+        if len(realm["jobs"]) > 1:
+            problems.append(
+                f"{len(realm['jobs'])} servers ({', '.join(realm['jobs'])}) on the database {realm['database']} "
+                "would run MLflow's server-side jobs: each restart re-queues the jobs the others are running, so "
+                "jobs would run twice. Turn mlflow_job_execution (--job-execution) on for one server of a shared "
+                "database at most.")
+        local = [f"{host}: {artifacts[host]}" for host in servers if artifact_kind(artifacts[host]) == "local"]
+        if len(servers) > 1 and local:
+            problems.append(
+                f"{len(servers)} servers ({', '.join(servers)}) share the database {realm['database']}, but "
+                f"keep artifacts on their own disks ({', '.join(local)}): a run logged through one server would "
+                "have its artifacts on that host only. Give the servers of a shared database one artifact store: "
+                "mlflow_artifacts_destination (--artifacts-destination) s3://, wasbs://, gs:// or sftp://.")
+        total = sum(count for count, _ in realm["connections"].values())
+        limit = realm["max_connections"]
+        if realm["postgresql"] and limit is not None and total > limit - RESERVED_CONNECTIONS:
+            problems.append(
+                f"{len(servers)} server(s) on PostgreSQL {realm['database']} may open {total} connections "
+                f"({'; '.join(realm['budget'])}), but its max_connections {limit} leaves "
+                f"{limit - RESERVED_CONNECTIONS} "
+                f"({RESERVED_CONNECTIONS} kept for superusers, backups and maintenance). Set "
+                f"mlflow_postgresql_max_connections to {total + RESERVED_CONNECTIONS} or more, or lower "
+                "mlflow_workers, mlflow_db_pool_size or mlflow_db_max_overflow.")
+    return problems
+
+
 # --- network ---------------------------------------------------------------------------------
 
 def listen_address(bind_address: str, tls: Any) -> str:
@@ -217,6 +352,9 @@ FILTERS: Mapping[str, Any] = {
     "mlflow_store_env": store_env,
     "mlflow_listen_address": listen_address,
     "mlflow_with_any_port": with_any_port,
+    "mlflow_realms": realms,
+    "mlflow_realm_problems": realm_problems,
+    "mlflow_reserved_connections": reserved_connections,
 }
 
 
