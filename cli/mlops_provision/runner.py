@@ -31,8 +31,10 @@ from mlops_provision.redact import Redactor
 KEEP_RUNS = 50
 # Tasks whose failure means bad input whatever their message (see failures.BAD_INPUT_MARKER).
 VALIDATION_TASKS = (ARG_SPEC_TASK, *LEGACY_VALIDATION_TASKS)
-# deploy.yml's first play, which runs on the control node (roles/mlflow_server/tasks/realms.yml).
+# deploy.yml's first play, which runs on the control node (roles/mlflow_server/tasks/realms.yml),
+# and the name its refusal goes under in the summary (not "localhost", which no one targeted).
 INVENTORY_CHECK_PLAY = "Check the inventory as a whole"
+INVENTORY_CHECK_NAME = "inventory (checked on this machine)"
 # How often ansible-runner polls the cancel callback: Ctrl-C takes effect within this.
 CANCEL_POLL_S = 1
 
@@ -161,14 +163,30 @@ def _secret_values(directory: Path | None) -> list[str]:
     return [p.read_text().split(" salt=")[0].strip() for p in directory.iterdir() if p.is_file()]
 
 
+def limit_with_control_node(limit: str) -> str:
+    """The --limit pattern plus localhost, where deploy.yml's first play checks the whole
+    inventory, selecting the same hosts otherwise. Ansible applies every plain pattern first,
+    then each &-pattern, then each !-pattern, so localhost joins the plain ones (`all` first when
+    there are none); an intersection would drop it, so such a limit stays as it is and the check
+    does not run (the role's own checks still do)."""
+    from ansible.inventory.manager import split_host_pattern
+
+    patterns = [str(p) for p in split_host_pattern(limit)]
+    if any(p.startswith("&") for p in patterns):
+        return limit
+    if all(p.startswith("!") for p in patterns):
+        patterns.insert(0, "all")
+    return ",".join([*patterns, "localhost"])
+
+
 def _cmdline(req: RunRequest, vars_file: Path, vault_file: Path | None) -> list[str]:
     args = ["-e", f"@{vars_file}"]
     if vault_file is not None:
         args += ["--vault-password-file", str(vault_file)]
     for extra in req.passthrough_extravars:
         args += ["-e", extra]
-    if req.limit:  # localhost too: deploy.yml's first play checks the whole inventory there
-        args += ["--limit", f"{req.limit},localhost"]
+    if req.limit:
+        args += ["--limit", limit_with_control_node(req.limit) if req.action == "deploy" else req.limit]
     if req.tags:
         args += ["--tags", req.tags]
     if req.check:
@@ -319,8 +337,15 @@ def _collect(event: dict[str, Any], hosts: dict[str, HostResult]) -> None:
     host = data.get("host")
     if not host:
         return
-    if str(data.get("play", "")).startswith(INVENTORY_CHECK_PLAY) and kind != "runner_on_failed":
-        return  # the control node checking the whole inventory is no target host; only its refusal counts
+    if str(data.get("play", "")).startswith(INVENTORY_CHECK_PLAY):
+        # The control node checking the whole inventory is no target host; only a refusal counts.
+        if kind == "runner_on_failed":
+            check = hosts.setdefault(INVENTORY_CHECK_NAME, HostResult(INVENTORY_CHECK_NAME))
+            failure = classify(INVENTORY_CHECK_NAME, task_name(data), data.get("res") or {})
+            check.failures.append(failure.message)
+            check.failed += 1
+            check.validation_failed |= failure.validation
+        return
     entry = hosts.setdefault(host, HostResult(host))
     res = data.get("res") or {}
     if kind in ("runner_on_failed", "runner_on_unreachable") and not data.get("ignore_errors"):

@@ -346,7 +346,6 @@ S3 = {"mlflow_artifacts_destination": "s3://bucket/mlflow"}
 def test_a_server_counts_a_pool_per_store_in_every_process() -> None:
     assert d.server_connections(4, 5, 5, "basic") == (150, "(4 workers + 1) x 3 stores x (5 pool + 5 overflow) = 150")
     assert d.server_connections(4, 3, 2, "none")[0] == 50  # no user database
-    assert d.server_connections(4, 3, 2, "none", separate_registry=True)[0] == 25
     assert d.server_connections(2, 5, 5, "basic", job_execution=True) == (
         180, "(2 workers + 1) x 3 stores x (5 pool + 5 overflow) + 9 job processes x 10 = 180")
 
@@ -419,7 +418,8 @@ def test_servers_sharing_a_database_must_all_require_a_login() -> None:
     assert d.realm_problems(d.realms(["a", "b"], hostvars, ["db"], REALM_DEFAULTS)) == [
         "2 servers (a, b) share the database mlflow on db, but b would serve it without authentication "
         "(mlflow_auth none): anyone reaching it could read and delete what the others protect. Give every server "
-        "of a shared database the same mlflow_auth (--auth)."]
+        "of a shared database the same mlflow_auth (--auth). A value given on the command line (a flag or -e) "
+        "counts for every server of the inventory; set a per-server value in the inventory instead."]
     hostvars["a"] = {**shared, "mlflow_auth": "none"}  # all open: the deploy warns about that, per host
     assert d.realm_problems(d.realms(["a", "b"], hostvars, ["db"], REALM_DEFAULTS)) == []
 
@@ -431,7 +431,8 @@ def test_one_server_of_a_shared_database_at_most_runs_server_side_jobs() -> None
     assert d.realm_problems(d.realms(["a", "b", "c"], hostvars, ["db"], REALM_DEFAULTS)) == [
         "2 servers (a, b) on the database mlflow on db would run MLflow's server-side jobs: each restart re-queues "
         "the jobs the others are running, so jobs would run twice. Turn mlflow_job_execution (--job-execution) on "
-        "for one server of a shared database at most."]
+        "for one server of a shared database at most. A value given on the command line (a flag or -e) counts for "
+        "every server of the inventory; set a per-server value in the inventory instead."]
     hostvars["b"] = shared
     assert d.realm_problems(d.realms(["a", "b", "c"], hostvars, ["db"], REALM_DEFAULTS)) == []
 
@@ -442,3 +443,46 @@ def test_booleans_arrive_as_strings_from_templates_and_are_read_as_booleans() ->
                       "mlflow_artifacts_destination": "/var/lib/mlflow/artifacts"}}
     realm = d.realms(["a"], hostvars, [], REALM_DEFAULTS)[0]
     assert realm["jobs"] == [] and realm["connections"]["a"][0] == 150 and realm["artifacts"]["a"] == "s3://b/p"
+
+
+class _Lazy(dict):  # type: ignore[type-arg]
+    """A host's variables as Ansible's HostVars gives them: a template that needs a fact or a
+    role variable fails only when it is read."""
+
+    def __getitem__(self, name: str) -> object:
+        value = super().__getitem__(name)
+        if value == "{{ undefined }}":
+            raise RuntimeError("'mlflow_data_dir' is undefined")
+        return value
+
+
+def test_a_host_whose_values_cannot_be_read_here_is_left_to_its_own_checks() -> None:
+    hostvars = {"a": _Lazy(mlflow_backend="postgresql", mlflow_artifacts_destination="{{ undefined }}"),
+                "b": {"mlflow_backend": "postgresql", **S3}, "db": {}}
+    found = d.realms(["a", "b"], hostvars, ["db"], REALM_DEFAULTS)
+    assert [(r["servers"], r["unchecked"]) for r in found] == [(["b"], ["a"])]
+    assert d.realm_problems(found) == []
+    # The host a play runs on passes its own, templated values: they are used instead.
+    found = d.realms(["a", "b"], hostvars, ["db"], REALM_DEFAULTS, {"a": REALM_DEFAULTS | S3 | {
+        "mlflow_backend": "postgresql"}})
+    assert found[0]["servers"] == ["a", "b"] and found[0]["unchecked"] == []
+
+
+def test_a_uri_that_does_not_parse_or_uses_a_socket_is_the_servers_own_and_shows_no_password() -> None:
+    broken = {"mlflow_backend_store_uri": "postgresql://u:s3cr#et@db/mlflow"}
+    socket = {"mlflow_backend_store_uri": "postgresql://u:pw@/mlflow?host=/var/run/postgresql"}
+    found = d.realms(["a", "b", "c", "e"], {"a": broken, "b": broken, "c": socket, "e": socket}, [], REALM_DEFAULTS)
+    assert [r["servers"] for r in found] == [["a"], ["b"], ["c"], ["e"]]
+    assert "s3cr" not in repr(found) and "pw@" not in repr(found)
+
+
+def test_max_connections_is_shared_by_every_database_on_one_postgresql_server() -> None:
+    one = {"mlflow_backend_store_uri": "postgresql://u:p@pg.example.com/mlflow_a", **S3}
+    other = {"mlflow_backend_store_uri": "postgresql://u:p@pg.example.com:5432/mlflow_b", **S3}
+    found = d.realms(["a", "b"], {"a": one, "b": other}, [], REALM_DEFAULTS)
+    assert [r["database"] for r in found] == ["postgresql://pg.example.com:5432/mlflow_a",
+                                              "postgresql://pg.example.com:5432/mlflow_b"]
+    assert d.server_budget(found, found[0]["server"]) == {
+        "total": 300, "servers": ["a", "b"],
+        "budget": ["a: (4 workers + 1) x 3 stores x (5 pool + 5 overflow) = 150",
+                   "b: (4 workers + 1) x 3 stores x (5 pool + 5 overflow) = 150"]}

@@ -124,8 +124,9 @@ def test_the_control_nodes_inventory_check_is_no_host_of_the_summary_unless_it_r
     refused["event_data"]["play"] = play
     _collect(refused, hosts)
     _collect(_stats(failures={"localhost": 1}), hosts)
-    assert hosts["localhost"].validation_failed and hosts["localhost"].failed == 1
-    assert hosts["localhost"].failures == ["2 servers (a, b) share the database mlflow on db, but ..."]
+    check = hosts[runner.INVENTORY_CHECK_NAME]
+    assert list(hosts) == [runner.INVENTORY_CHECK_NAME] and check.validation_failed and check.failed == 1
+    assert check.failures == ["2 servers (a, b) share the database mlflow on db, but ..."]
 
 
 def test_the_first_play_of_deploy_is_the_inventory_check_on_the_control_node() -> None:
@@ -227,3 +228,25 @@ def test_a_killed_cli_takes_its_playbook_with_it(tmp_path: Path, silent_ssh_port
     proc.kill()
     proc.wait(timeout=10)
     assert not wait_until_none_with_env(marker, 3)
+
+
+@pytest.mark.parametrize(("limit", "selected"), [
+    ("vm1", {"vm1"}),
+    ("all:!vm2", {"vm1", "vm3"}),
+    ("vm1:vm3", {"vm1", "vm3"}),
+    ("!vm2", {"vm1", "vm3"}),
+    ("vm1,vm2", {"vm1", "vm2"}),
+    ("mlflow_servers:&vm1", {"vm1"}),  # an intersection: left as is (the inventory check does not run)
+])
+def test_the_deploy_limit_adds_the_control_node_and_selects_the_same_servers(tmp_path: Path, limit: str,
+                                                                          selected: set[str]) -> None:
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text("mlflow_servers:\n  hosts:\n    vm1:\n    vm2:\n    vm3:\n")
+    manager = InventoryManager(loader=DataLoader(), sources=[str(inventory)])
+    manager.subset(runner.limit_with_control_node(limit))
+    servers = {h.name for h in manager.get_hosts("mlflow_servers")}
+    assert servers == selected
+    assert bool(manager.get_hosts("localhost")) is ("&" not in limit)

@@ -182,7 +182,8 @@ def store_env(config_dir: str, *, s3_access_key_id: Any = "", s3_secret_access_k
 
 # Every process keeps a pool per store: tracking, model registry (its own engine even on the same
 # URI) and basic auth's user database (the same PostgreSQL). The `mlflow server` parent keeps its
-# stores' pools too; with server-side jobs, the job runner and its 8 huey consumers one each.
+# stores' pools too; server-side jobs add 9: the job runner, its 7 huey consumers and the
+# periodic consumer's tracking store (docs/scale-out-research.md, section 5).
 JOB_PROCESSES = 9
 # PostgreSQL keeps superuser_reserved_connections (3) for superusers; 10 more stay free for
 # backups, psql and monitoring.
@@ -193,11 +194,12 @@ def reserved_connections(_: Any = None) -> int:
     return RESERVED_CONNECTIONS
 
 
-def server_connections(workers: Any, pool_size: Any, max_overflow: Any, auth: str, job_execution: Any = False,
-                       separate_registry: Any = False) -> tuple[int, str]:
-    """The most PostgreSQL connections one server may hold, and how that number is made."""
+def server_connections(workers: Any, pool_size: Any, max_overflow: Any, auth: str,
+                       job_execution: Any = False) -> tuple[int, str]:
+    """The most PostgreSQL connections one server may hold, and how that number is made. The
+    registry store counts even when it is elsewhere (an overcount is the safe side)."""
     per_store = int(pool_size) + int(max_overflow)
-    stores = 1 + (0 if separate_registry else 1) + (1 if auth == "basic" else 0)
+    stores = 2 + (1 if auth == "basic" else 0)
     total = (int(workers) + 1) * stores * per_store
     shown = (f"({int(workers)} workers + 1) x {stores} stores x "
              f"({int(pool_size)} pool + {int(max_overflow)} overflow)")
@@ -212,70 +214,119 @@ def _true(value: Any) -> bool:
     return str(value).strip().lower() in ("true", "yes", "on", "1")
 
 
-def _shared_database(uri: str) -> str:
-    """scheme://host:port/database of a database server the URI reaches over the network; ""
-    for SQLite and for a database on the MLflow host itself (its own, whatever it is called)."""
+def _database_server(uri: str) -> tuple[str, str]:
+    """(scheme://host:port, database) of a database server the URI reaches over the network;
+    ("", "") for SQLite, a database on the MLflow host itself (loopback or a Unix socket: its
+    own, whatever it is called) and a URI that does not parse (preflight names that one)."""
     kind = backend_kind(uri)
-    parts = _split(uri)
-    if kind == "sqlite" or (parts.hostname or "") in LOCAL_DB_HOSTS:
-        return ""
+    try:
+        parts = _split(uri)
+    except ValueError:  # its text may hold part of a password: not shown here
+        return "", ""
+    if kind == "sqlite" or (parts.hostname or "") in ("", *LOCAL_DB_HOSTS):
+        return "", ""
     port = parts.port or (DEFAULT_POSTGRESQL_PORT if kind == "postgresql" else "")
-    return f"{kind}://{parts.hostname}:{port}/{re.sub(r'^/', '', parts.path)}"
+    return f"{kind}://{parts.hostname}:{port}", re.sub(r"^/", "", parts.path)
+
+
+# What realms() reads of each server, and of the database host.
+REALM_VARIABLES = ("mlflow_backend", "mlflow_backend_store_uri", "mlflow_auth", "mlflow_job_execution",
+                   "mlflow_serve_artifacts", "mlflow_default_artifact_root", "mlflow_artifacts_destination",
+                   "mlflow_workers", "mlflow_db_pool_size", "mlflow_db_max_overflow")
+DB_HOST_VARIABLES = ("mlflow_postgresql_database", "mlflow_postgresql_max_connections")
 
 
 def realms(servers: Sequence[str], hostvars: Mapping[str, Any], db_hosts: Sequence[str],
-           defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
+           defaults: Mapping[str, Any], resolved: Mapping[str, Mapping[str, Any]] | None = None,
+           ) -> list[dict[str, Any]]:
     """The servers grouped by the tracking database they use (servers on a database of their own
-    are a group each), with what the checks need: the database's name, whether it is PostgreSQL
-    and, for the project's own, its max_connections (None for an operator's database: the deploy
-    reads that one from the server), and per server its artifact store and the connections it
-    may open. A variable a host does not set (a role default) comes from defaults."""
+    are a group each), with what the checks need: the database's name, the database server it
+    lives on (`server`, shared max_connections), whether it is PostgreSQL and, for the project's
+    own, its max_connections (None for an operator's database: the deploy reads that one from
+    the server), and per server its artifact store and the connections it may open.
+
+    A variable a host does not set (a role default) comes from defaults; `resolved` gives
+    whole hosts' values instead (the host a play runs on: its own, fully templated). A host
+    whose inventory values cannot be read here (a template that needs facts or role variables)
+    is left out (`unchecked`): its own deploy checks it."""
     def var(host: str, name: str) -> Any:
+        if resolved and host in resolved:
+            return resolved[host][name]
         values = hostvars[host]
         return values[name] if name in values else defaults[name]
 
+    def read(host: str, names: Sequence[str]) -> dict[str, Any]:
+        return {name: var(host, name) for name in names}
+
     groups: dict[str, dict[str, Any]] = {}
+    unchecked: list[str] = []
     for host in sorted(servers):  # the same message whatever the inventory's order
-        uri, backend = str(var(host, "mlflow_backend_store_uri") or ""), str(var(host, "mlflow_backend"))
-        max_connections = None
-        if uri:
-            database = _shared_database(uri) or f"{redact_uri(uri)} on {host}"
-            postgresql = backend_kind(uri) == "postgresql"
-        elif backend == "postgresql":  # the project's own: on the mlflow_db host, else on the server
+        try:
+            got = read(host, REALM_VARIABLES)
             db_host = db_hosts[0] if db_hosts else host
-            database = f"{var(db_host, 'mlflow_postgresql_database')} on {db_host}"
-            postgresql = True
-            limit = str(var(db_host, "mlflow_postgresql_max_connections"))
+            db = read(db_host, DB_HOST_VARIABLES) if str(got["mlflow_backend"]) == "postgresql" else {}
+        except Exception:  # noqa: BLE001 - Ansible's undefined-variable errors, among others
+            unchecked.append(host)
+            continue
+        uri, max_connections = str(got["mlflow_backend_store_uri"] or ""), None
+        if uri:
+            server, name = _database_server(uri)
+            database = f"{server}/{name}" if server else f"{redact_uri(uri)} on {host}"
+            server = server or database
+            postgresql = backend_kind(uri) == "postgresql"
+        elif str(got["mlflow_backend"]) == "postgresql":  # the project's own: on the mlflow_db host, else the server
+            database = f"{db['mlflow_postgresql_database']} on {db_host}"
+            server, postgresql = f"PostgreSQL on {db_host}", True
+            limit = str(db["mlflow_postgresql_max_connections"])
             max_connections = int(limit) if limit.isdigit() else None  # else the database role refuses it
         else:
-            database, postgresql = f"SQLite on {host}", False
-        realm = groups.setdefault(database, {"database": database, "postgresql": postgresql,
+            database = server = f"SQLite on {host}"
+            postgresql = False
+        realm = groups.setdefault(database, {"database": database, "server": server, "postgresql": postgresql,
                                              "max_connections": max_connections,
                                              "servers": [], "artifacts": {}, "connections": {}, "budget": [],
                                              "auth": {}, "jobs": []})
         realm["servers"].append(host)
-        realm["auth"][host] = str(var(host, "mlflow_auth"))
-        jobs = _true(var(host, "mlflow_job_execution"))
+        realm["auth"][host] = str(got["mlflow_auth"])
+        jobs = _true(got["mlflow_job_execution"])
         if jobs:
             realm["jobs"].append(host)
-        realm["artifacts"][host] = artifact_store(_true(var(host, "mlflow_serve_artifacts")),
-                                                  str(var(host, "mlflow_default_artifact_root")),
-                                                  str(var(host, "mlflow_artifacts_destination")))
+        realm["artifacts"][host] = artifact_store(_true(got["mlflow_serve_artifacts"]),
+                                                  str(got["mlflow_default_artifact_root"]),
+                                                  str(got["mlflow_artifacts_destination"]))
         try:
             realm["connections"][host] = server_connections(
-                var(host, "mlflow_workers"), var(host, "mlflow_db_pool_size"), var(host, "mlflow_db_max_overflow"),
-                str(var(host, "mlflow_auth")), jobs, bool(var(host, "mlflow_registry_store_uri")))
+                got["mlflow_workers"], got["mlflow_db_pool_size"], got["mlflow_db_max_overflow"],
+                str(got["mlflow_auth"]), jobs)
         except (TypeError, ValueError):  # not a number: the host's own validation names it
             realm["connections"][host] = (0, "not counted (invalid numbers)")
         realm["budget"].append(f"{host}: {realm['connections'][host][1]}")
-    return list(groups.values())
+    found = list(groups.values())
+    for realm in found:
+        realm["unchecked"] = unchecked
+    return found
+
+
+def server_budget(found: Sequence[Mapping[str, Any]], server: str) -> dict[str, Any]:
+    """The connections every realm on one database server may open together (max_connections
+    is the server's, whatever database each realm uses): total and how it is made."""
+    on_server = [realm for realm in found if realm["server"] == server]
+    return {"total": sum(count for realm in on_server for count, _ in realm["connections"].values()),
+            "budget": [line for realm in on_server for line in realm["budget"]],
+            "servers": [host for realm in on_server for host in realm["servers"]]}
+
+
+# Extra variables (CLI flags, -e) reach every host's variables, also of servers this run does
+# not deploy; said where it can be the cause.
+_EVERY_SERVER = (" A value given on the command line (a flag or -e) counts for every server of the inventory; "
+                 "set a per-server value in the inventory instead.")
 
 
 def realm_problems(found: Sequence[Mapping[str, Any]]) -> list[str]:
     """What makes these realms unsafe to deploy, a sentence each (none: empty): servers sharing
     a database but keeping artifacts on their own disks, or differing in authentication, more
     than one of them running server-side jobs, and more connections than the project's own
-    PostgreSQL accepts."""
+    PostgreSQL accepts (counted per PostgreSQL server)."""
     problems = []
     for realm in found:
         servers, artifacts = realm["servers"], realm["artifacts"]
@@ -286,13 +337,13 @@ def realm_problems(found: Sequence[Mapping[str, Any]]) -> list[str]:
                 f"{', '.join(open_)} would serve it without authentication (mlflow_auth "
                 f"{', '.join(sorted(set(realm['auth'][h] for h in open_)))}): anyone reaching it could read and "
                 "delete what the others protect. Give every server of a shared database the same mlflow_auth "
-                "(--auth).")
+                "(--auth)." + _EVERY_SERVER)
         if len(realm["jobs"]) > 1:
             problems.append(
                 f"{len(realm['jobs'])} servers ({', '.join(realm['jobs'])}) on the database {realm['database']} "
                 "would run MLflow's server-side jobs: each restart re-queues the jobs the others are running, so "
                 "jobs would run twice. Turn mlflow_job_execution (--job-execution) on for one server of a shared "
-                "database at most.")
+                "database at most." + _EVERY_SERVER)
         local = [f"{host}: {artifacts[host]}" for host in servers if artifact_kind(artifacts[host]) == "local"]
         if len(servers) > 1 and local:
             problems.append(
@@ -300,15 +351,20 @@ def realm_problems(found: Sequence[Mapping[str, Any]]) -> list[str]:
                 f"keep artifacts on their own disks ({', '.join(local)}): a run logged through one server would "
                 "have its artifacts on that host only. Give the servers of a shared database one artifact store: "
                 "mlflow_artifacts_destination (--artifacts-destination) s3://, wasbs://, gs:// or sftp://.")
-        total = sum(count for count, _ in realm["connections"].values())
+    checked: set[str] = set()
+    for realm in found:
         limit = realm["max_connections"]
-        if realm["postgresql"] and limit is not None and total > limit - RESERVED_CONNECTIONS:
+        if not realm["postgresql"] or limit is None or realm["server"] in checked:
+            continue
+        checked.add(realm["server"])
+        total = server_budget(found, realm["server"])
+        if total["total"] > limit - RESERVED_CONNECTIONS:
             problems.append(
-                f"{len(servers)} server(s) on PostgreSQL {realm['database']} may open {total} connections "
-                f"({'; '.join(realm['budget'])}), but its max_connections {limit} leaves "
+                f"{len(total['servers'])} server(s) on PostgreSQL {realm['database']} may open {total['total']} "
+                f"connections ({'; '.join(total['budget'])}), but its max_connections {limit} leaves "
                 f"{limit - RESERVED_CONNECTIONS} "
                 f"({RESERVED_CONNECTIONS} kept for superusers, backups and maintenance). Set "
-                f"mlflow_postgresql_max_connections to {total + RESERVED_CONNECTIONS} or more, or lower "
+                f"mlflow_postgresql_max_connections to {total['total'] + RESERVED_CONNECTIONS} or more, or lower "
                 "mlflow_workers, mlflow_db_pool_size or mlflow_db_max_overflow.")
     return problems
 
@@ -354,6 +410,7 @@ FILTERS: Mapping[str, Any] = {
     "mlflow_with_any_port": with_any_port,
     "mlflow_realms": realms,
     "mlflow_realm_problems": realm_problems,
+    "mlflow_server_budget": server_budget,
     "mlflow_reserved_connections": reserved_connections,
 }
 
