@@ -27,7 +27,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "role-variables.md"
 # The order of the sections; any other role with argument specs follows, by name.
-ROLE_ORDER = ("mlflow_server", "mlflow_common", "mlflow_postgresql", "mlflow_proxy")
+ROLE_ORDER = ("mlflow_server", "mlflow_common", "mlflow_postgresql", "mlflow_proxy", "mlflow_lb")
 
 # Public variables of defaults/main.yml that have no argument spec because their default is a
 # password lookup: role -> variable -> description.

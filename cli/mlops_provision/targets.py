@@ -52,7 +52,8 @@ def _inventory_hosts(inventories: list[Path]) -> dict[str, dict[str, Any]]:
     out = {}
     for host in manager.get_hosts():
         hv = variables.get_vars(host=host)
-        out[host.name] = {k: v for k, v in hv.items() if k.startswith(("mlflow_", "ansible_host", "group_names"))}
+        out[host.name] = {k: v for k, v in hv.items()
+                          if k.startswith(("mlflow_", "ansible_host", "ansible_port", "group_names"))}
     return out
 
 
@@ -74,12 +75,14 @@ def resolve(hosts: list[str], inventories: list[str]) -> Targets:
                              "put the MLflow servers there or pass --host")
         for h in members:
             targets.addresses[h] = str(known[h].get("ansible_host", h))
+            _note_sandbox(targets, h, known[h])
         return targets
 
     generated_hosts: dict[str, Any] = {}
     for host in hosts:
         if host in known:
             targets.addresses[host] = str(known[host].get("ansible_host", host))
+            _note_sandbox(targets, host, known[host])
             continue
         box = machines.load(host)
         if box is not None:
@@ -93,6 +96,15 @@ def resolve(hosts: list[str], inventories: list[str]) -> Targets:
         targets.generated = {GROUP: {"hosts": generated_hosts}}
     targets.pattern = ",".join(hosts)
     return targets
+
+
+def _note_sandbox(targets: Targets, host: str, hostvars: dict[str, Any]) -> None:
+    """An inventory host that is a sandbox of this machine (same name, reached at 127.0.0.1 on
+    the sandbox's SSH port) answers at the sandbox's published port, not at 127.0.0.1:5000."""
+    box = machines.load(host)
+    if (box is not None and str(hostvars.get("ansible_host", "")) == "127.0.0.1"
+            and str(hostvars.get("ansible_port", "")) == str(box.ssh_port)):
+        targets.sandboxes[host] = box
 
 
 def _check_resolvable(host: str, had_inventory: bool) -> None:

