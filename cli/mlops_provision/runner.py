@@ -52,6 +52,7 @@ class HostResult:
     stopped_answering: bool = False  # SSH died mid-run: counted unreachable, not failed
     deployment: Deployment | None = None  # the role's mlflow_deployment fact, once verify ran
     backup: dict[str, Any] = field(default_factory=dict)  # `backup`: the role's mlflow_backup fact
+    load_balancer: dict[str, Any] = field(default_factory=dict)  # role mlflow_lb's mlflow_lb_deployment fact
 
 
 @dataclass
@@ -359,3 +360,5 @@ def _collect(event: dict[str, Any], hosts: dict[str, HostResult]) -> None:
             entry.deployment = Deployment.from_fact(facts["mlflow_deployment"])
         if isinstance(facts.get("mlflow_backup"), dict):
             entry.backup = facts["mlflow_backup"]
+        if isinstance(facts.get("mlflow_lb_deployment"), dict):
+            entry.load_balancer = facts["mlflow_lb_deployment"]

@@ -94,8 +94,25 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
                 # straight from the store, unless told otherwise.
                 lines.append("             export MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD=false"
                              "  # if clients cannot reach the store itself")
+        if h.load_balancer and not h.failed:
+            lines += _load_balancer_lines(name, h.load_balancer, urls.get(name, ""), health.get(name))
     lines.append(f"duration {result.duration:.1f} s; full log: {result.run_dir / 'ansible.log'}")
     return "\n".join(lines)
+
+
+def _load_balancer_lines(name: str, lb: dict[str, Any], url: str, rep: Report | None) -> list[str]:
+    """HAProxy in front of the servers (role mlflow_lb): the one URL, each server's state."""
+    servers = lb.get("servers") or {}
+    states = ", ".join(f"{server} {state}" for server, state in sorted(servers.items())) or "none"
+    if rep is None:
+        health_text = "not checked"
+    elif rep.healthy:
+        health_text = f"OK ({next((c.ms for c in rep.checks if c.name == 'health'), 0.0):.0f} ms from this machine)"
+    else:
+        health_text = "FAILING: " + next((c.detail for c in rep.checks if not c.ok), "")
+    return [f"  URL        {url}  (load balancer: HAProxy)", f"  servers    {states}",
+            f"  health     {health_text}", f"  use        export MLFLOW_TRACKING_URI={url}",
+            f"             (log in as on the servers: mlops-provision user admin-password --host {name})"]
 
 
 DATABASE_NAMES = {"tracking": "tracking", "auth": "users"}

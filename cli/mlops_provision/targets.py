@@ -68,21 +68,19 @@ def resolve(hosts: list[str], inventories: list[str]) -> Targets:
         raise UsageError("give --host NAME (a sandbox, an inventory host or a hostname/IP) or -i INVENTORY")
 
     known = _inventory_hosts(targets.inventories) if targets.inventories else {}
+    for h, hostvars in known.items():  # every inventory host, load balancers included, for URLs
+        targets.addresses[h] = str(hostvars.get("ansible_host", h))
+        _note_sandbox(targets, h, hostvars)
     if not hosts:
         members = [h for h, v in known.items() if GROUP in v.get("group_names", [])]
         if not members:
             raise UsageError(f"-i: the inventory has no hosts in group {GROUP}; "
                              "put the MLflow servers there or pass --host")
-        for h in members:
-            targets.addresses[h] = str(known[h].get("ansible_host", h))
-            _note_sandbox(targets, h, known[h])
         return targets
 
     generated_hosts: dict[str, Any] = {}
     for host in hosts:
         if host in known:
-            targets.addresses[host] = str(known[host].get("ansible_host", host))
-            _note_sandbox(targets, host, known[host])
             continue
         box = machines.load(host)
         if box is not None:

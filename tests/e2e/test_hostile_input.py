@@ -275,6 +275,7 @@ class InventoryRow:
     # these variables for all servers and the database host: the whole-inventory checks.
     realm: dict[str, Any] | None = None
     db_vars: dict[str, Any] | None = None
+    lb: bool = False  # a load balancer host too (never contacted)
 
 
 INVENTORY_ROWS: list[InventoryRow] = [
@@ -308,6 +309,9 @@ INVENTORY_ROWS: list[InventoryRow] = [
                  "maintenance). Set mlflow_postgresql_max_connections to 313 or more",
                  realm={"mlflow_backend": "postgresql", "mlflow_artifacts_destination": "s3://hostile-bucket/mlflow"},
                  db_vars={}),
+    InventoryRow("inv-lb-server-with-tls", {"mlflow_tls": "self-signed"},
+                 "Servers behind the load balancers (group mlflow_lb) must not set mlflow_tls (hostile-inv): MLflow "
+                 "would listen on 127.0.0.1 only, out of the load balancers' reach.", lb=True),
 ]
 
 
@@ -391,6 +395,9 @@ def test_refused_by_the_role_before_any_change(row: InventoryRow, vm: VM, baseli
         servers["hosts"]["hostile-inv2"] = nowhere
         servers["vars"] = row.realm
         groups["mlflow_db"] = {"hosts": {"hostile-db": {**nowhere, **(row.db_vars or {})}}}
+    if row.lb:
+        groups["mlflow_lb"] = {"hosts": {"hostile-lb": {"ansible_host": "127.0.0.1", "ansible_port": _closed_port(),
+                                                        "ansible_user": "nobody"}}}
     inventory.write_text(yaml.safe_dump(groups))
     proc = subprocess.run([CLI, "deploy", "-i", str(inventory), "--tags", "mlflow_preflight"],
                           capture_output=True, text=True, timeout=300, env=_clean_env())

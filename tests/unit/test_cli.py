@@ -91,7 +91,7 @@ def test_every_option_is_a_flag_of_deploy_and_render() -> None:
             assert hasattr(ns, opt.key), (command, opt.flag)
 
 
-@pytest.mark.parametrize("role", ["mlflow_server", "mlflow_common", "mlflow_postgresql"])
+@pytest.mark.parametrize("role", ["mlflow_server", "mlflow_common", "mlflow_postgresql", "mlflow_lb"])
 def test_argument_specs_mirror_defaults_key_for_key(role: str) -> None:
     path = ROOT / "roles" / role
     defaults = yaml.safe_load((path / "defaults" / "main.yml").read_text())

@@ -227,3 +227,22 @@ def test_an_adopted_server_says_what_came_from_where() -> None:
     assert ("  adopted    /home/op/mlflow.db and /home/op/mlruns: 2 experiments, 3 runs, 0 registered models, "
             "4 artifact files (2.0 MB); 6 artifact URIs now point at the managed store (the originals were "
             "only read)") in text.splitlines()
+
+
+def test_a_load_balancer_gives_the_one_url_and_each_servers_state() -> None:
+    lb = HostResult("lb1", ok=12, changed=1, load_balancer={"port": "5000", "servers": {"s2": "UP", "s1": "UP"},
+                                                            "health": "OK"})
+    lb_url = "http://10.0.0.5:5000"
+    health = {**HEALTHY, "lb1": Report(lb_url, [Check("health", True, "HTTP 200 OK", 4.0)])}
+    text = summary.deploy_summary(_result(_host(), lb), {"vm1": URL, "lb1": lb_url}, health)
+    block = text.split("lb1: deployed  [ok=12 changed=1 failed=0 unreachable=0]\n")[1].splitlines()[:5]
+    assert block == [f"  URL        {lb_url}  (load balancer: HAProxy)", "  servers    s1 UP, s2 UP",
+                     "  health     OK (4 ms from this machine)", f"  use        export MLFLOW_TRACKING_URI={lb_url}",
+                     "             (log in as on the servers: mlops-provision user admin-password --host lb1)"]
+
+
+def test_a_failed_load_balancer_shows_no_url() -> None:
+    lb = HostResult("lb1", ok=3, failed=1, failures=["LB preflight | Check failed on lb1: [bad input] ..."],
+                    load_balancer={"port": "5000"})
+    text = summary.deploy_summary(_result(_host(), lb, rc=2, status="failed"), {"vm1": URL}, HEALTHY)
+    assert "lb1: FAILED" in text and "load balancer: HAProxy" not in text

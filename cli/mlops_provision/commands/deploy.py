@@ -119,4 +119,16 @@ def _check_health(args: argparse.Namespace, result: RunResult, resolved: Targets
         urls[name] = endpoint.url
         access = health_mod.Access(endpoint.auth_user, endpoint.password(secrets_dir) or "", ca_file)
         reports[name] = health_mod.check(endpoint.url, timeout=5, access=access)
+    # A load balancer answers for the servers behind it: the same login (their realm's admin).
+    realm = next((h.deployment for h in result.hosts.values() if h.deployment is not None and not h.failed), None)
+    for name, host in result.hosts.items():
+        if not host.load_balancer or host.failed or args.check:
+            continue
+        port = int(host.load_balancer.get("port") or 5000)
+        auth = {"auth_user": realm.auth_user, "auth_realm": realm.auth_realm,
+                "auth_cache_ttl": realm.auth_cache_ttl} if realm is not None else {}
+        endpoint = endpoints.record(name, resolved.url(name, port), auth)
+        urls[name] = endpoint.url
+        access = health_mod.Access(endpoint.auth_user, endpoint.password(secrets_dir) or "", "")
+        reports[name] = health_mod.check(endpoint.url, timeout=5, access=access)
     return urls, reports
