@@ -267,6 +267,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("job-execution", "mlflow_job_execution", "bool",
            "run MLflow's server-side jobs (GenAI: LLM-judge scoring, evaluations, prompt optimization, "
            "trace archival) in 8 more processes, about 1.8 GB more memory (default off)"),
+    Option("metrics", "mlflow_metrics", "bool",
+           "serve MLflow's Prometheus metrics at /metrics (an admin login; counters of every worker, from zero "
+           "at each start; default off)"),
     Option("port", "mlflow_port", "int", "server port (default 5000)", check_port),
     Option("workers", "mlflow_workers", "int", "uvicorn workers (default 4)", check_workers),
     Option("allowed-hosts", "mlflow_allowed_hosts", "list",

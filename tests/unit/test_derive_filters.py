@@ -486,3 +486,17 @@ def test_max_connections_is_shared_by_every_database_on_one_postgresql_server() 
         "total": 300, "servers": ["a", "b"],
         "budget": ["a: (4 workers + 1) x 3 stores x (5 pool + 5 overflow) = 150",
                    "b: (4 workers + 1) x 3 stores x (5 pool + 5 overflow) = 150"]}
+
+
+def test_servers_behind_load_balancers_must_share_one_postgresql_database() -> None:
+    shared = {"mlflow_backend": "postgresql", **S3}
+    one = d.realms(["a", "b"], {"a": shared, "b": shared, "db": {}}, ["db"], REALM_DEFAULTS)
+    assert d.load_balancer_problems(one, ["lb1"]) == []
+    assert d.load_balancer_problems(d.realms(["a", "b"], {"a": {}, "b": {}}, [], REALM_DEFAULTS), []) == []
+    apart = d.realms(["a", "b"], {"a": shared, "b": {}, "db": {}}, ["db"], REALM_DEFAULTS)
+    assert d.load_balancer_problems(apart, ["lb1"]) == [
+        "The load balancers (lb1) would spread each client over 2 databases (mlflow on db: a; SQLite on b: b): a run "
+        "logged through one server would be missing on the others. Put every server of group mlflow_servers on one "
+        "PostgreSQL database (mlflow_backend postgresql with an mlflow_db host, or one mlflow_backend_store_uri)."]
+    alone = d.realms(["a"], {"a": {}}, [], REALM_DEFAULTS)  # one server: SQLite is fine
+    assert d.load_balancer_problems(alone, ["lb1", "lb2"]) == []

@@ -25,7 +25,9 @@ class FakeHAProxy:
 
     def __init__(self, path: Path, servers: dict[str, tuple[str, int]]) -> None:
         self.path, self.servers, self.commands = str(path), dict(servers), []  # type: ignore[var-annotated]
-        self.health: dict[str, str] = {}  # status a server gets when it leaves maintenance
+        # A server back from maintenance shows "UP 1/2" (HAProxy's state before any check), then
+        # what its first health check finds after 0.3 s: UP, or DOWN when set here.
+        self.health: dict[str, str] = {}
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen()
@@ -33,7 +35,8 @@ class FakeHAProxy:
 
     def stat(self) -> str:
         rows = [HEADER, "mlflow,FRONTEND,,,0,0,,0,OPEN,,,", "stats,FRONTEND,,,0,0,,0,OPEN,,,"]
-        rows += [f"mlflow,{name},0,0,{scur},0,,0,{status},1,L7OK," for name, (status, scur) in self.servers.items()]
+        rows += [f"mlflow,{name},0,0,{scur},0,,0,{status},1,{'L7OK' if status in ('UP', 'DRAIN') else ''},"
+                 for name, (status, scur) in self.servers.items()]
         rows += ["mlflow,BACKEND,0,0,0,0,,0,UP,2,,", ""]
         return "\n".join(rows)
 
@@ -41,18 +44,21 @@ class FakeHAProxy:
         self.commands.append(line)
         if line == "show stat":
             return self.stat()
-        if line == "show servers state":
-            return "1\n# be_id be_name srv_id srv_name\n3 mlflow 1 s1\n"
         words = line.split()
         if words[:2] == ["set", "server"] and words[3] == "state":
             name = words[2].split("/", 1)[1]
             if name not in self.servers:
                 return "No such server.\n"
             _status, scur = self.servers[name]
-            new = {"drain": "DRAIN", "maint": "MAINT", "ready": self.health.get(name, "UP")}[words[4]]
+            new = {"drain": "DRAIN", "maint": "MAINT", "ready": "UP 1/2"}[words[4]]
             self.servers[name] = (new, 0 if new == "MAINT" else scur)
+            if new == "UP 1/2":
+                threading.Timer(0.3, self._checked, args=(name,)).start()
             return ""
         return "Unknown command.\n"
+
+    def _checked(self, name: str) -> None:
+        self.servers[name] = (self.health.get(name, "UP"), 0)
 
     def _serve(self) -> None:
         while True:
@@ -136,21 +142,21 @@ def test_without_the_socket_there_is_nothing_to_do(tmp_path: Path, capsys: pytes
     assert rc == 0 and out["absent"] is True and out["changed"] is False  # type: ignore[index]
 
 
-def test_ready_takes_the_server_back_and_waits_for_up(haproxy: FakeHAProxy,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_ready_takes_the_server_back_and_waits_for_a_passed_check(haproxy: FakeHAProxy,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     haproxy.servers["s1"] = ("MAINT", 0)
     rc, out = run(capsys, "--socket", haproxy.path, "ready", "s1")
-    assert rc == 0 and out == {"changed": True, "status_before": "MAINT", "status": "UP"}
+    assert rc == 0 and out == {"changed": True, "status_before": "MAINT", "status": "UP"}  # not "UP 1/2"
 
 
 def test_ready_fails_when_the_health_check_never_passes(haproxy: FakeHAProxy,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     haproxy.servers["s1"] = ("MAINT", 0)
     haproxy.health["s1"] = "DOWN"
-    rc, out = run(capsys, "--socket", haproxy.path, "ready", "s1", "--timeout", "0.5")
+    rc, out = run(capsys, "--socket", haproxy.path, "ready", "s1", "--timeout", "0.6")
     assert rc == 1
     assert out["msg"] == ("s1 is back from maintenance but the load balancer's health check says DOWN "  # type: ignore[index]
-                          "after 0.5 s")
+                          "after 0.6 s")
 
 
 def test_ready_all_brings_back_what_a_killed_roll_left_out(haproxy: FakeHAProxy,
@@ -169,13 +175,21 @@ def test_ready_all_fails_when_no_server_is_up(haproxy: FakeHAProxy, capsys: pyte
     assert rc == 1 and "no server is UP" in out["msg"]  # type: ignore[index,operator]
 
 
-def test_save_state_writes_the_runtime_state_for_the_next_reload(haproxy: FakeHAProxy, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    target = tmp_path / "server-state"
-    rc, out = run(capsys, "--socket", haproxy.path, "save-state", str(target))
-    assert rc == 0 and out == {"changed": False, "file": str(target)}
-    assert target.read_text().startswith("1\n# be_id be_name srv_id srv_name")
-    assert not (tmp_path / "server-state.partial").exists()
+def test_drain_refuses_to_take_out_the_last_server_that_is_up(haproxy: FakeHAProxy,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    haproxy.servers["s2"] = ("MAINT", 0)
+    rc, out = run(capsys, "--socket", haproxy.path, "drain", "s1")
+    assert rc == 1
+    assert out["msg"].startswith("not taking s1 out: no other server of this load balancer is UP (s2 MAINT), so "  # type: ignore[index]
+                                 "clients would get no answer while it restarts.")
+    assert haproxy.servers["s1"] == ("UP", 0)
+    rc, out = run(capsys, "--socket", haproxy.path, "drain", "s1", "--force")  # a migration stops them all
+    assert rc == 0 and haproxy.servers["s1"] == ("MAINT", 0)
+
+
+def test_an_answer_that_is_no_statistics_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(RuntimeError, match="HAProxy answered 'show stat' with: Permission denied"):
+        lb.parse_stat("Permission denied.\n")
 
 
 def test_a_refused_command_is_reported_with_haproxys_answer(haproxy: FakeHAProxy) -> None:

@@ -211,3 +211,26 @@ def test_allowed_hosts_default_to_the_local_names_with_any_port() -> None:
     given = build_spec({"allowed_hosts": "mlflow.example.com,mlflow.example.com:*"}, environ={})
     env = _env_lines(render_files(given)["mlflow.env"])
     assert env["MLFLOW_SERVER_ALLOWED_HOSTS"] == "mlflow.example.com,mlflow.example.com:*"
+
+
+@pytest.mark.parametrize("metrics", [True, False])
+def test_metrics_get_an_empty_runtime_directory_at_each_start(tmp_path: Path, metrics: bool) -> None:
+    install_dir = tmp_path / "opt"
+    exe = install_dir / "current" / "bin" / "mlflow"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    spec = build_spec({"metrics": metrics}, environ={})
+    spec.defaults["mlflow_install_dir"] = str(install_dir)
+    files = render_files(spec, mask_secrets=False)
+    unit = tmp_path / "mlflow.service"
+    unit.write_text(files["mlflow.service"])
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    env = _env_lines(files["mlflow.env"])
+    if metrics:
+        assert env["MLFLOW_EXPOSE_PROMETHEUS"] == "/run/mlflow-metrics"
+        assert "\nRuntimeDirectory=mlflow-metrics\nRuntimeDirectoryMode=0700\n" in files["mlflow.service"]
+    else:
+        assert "MLFLOW_EXPOSE_PROMETHEUS" not in env
+        assert "RuntimeDirectory" not in files["mlflow.service"]

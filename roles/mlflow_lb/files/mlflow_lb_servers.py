@@ -3,12 +3,15 @@
 mlflow_lb as /usr/local/sbin/mlflow-lb-servers; the server role calls it during a rolling deploy).
 
   show                       the servers of the backend, as JSON
-  drain NAME [--timeout S]   no new requests to NAME; wait until its open requests have ended (or
+  drain NAME [--timeout S] [--force]
+                             no new requests to NAME; wait until its open requests have ended (or
                              S seconds), then maintenance: HAProxy neither sends it requests nor
-                             checks it while it restarts
-  ready NAME [--timeout S]   back from maintenance; wait until HAProxy's health check says UP
-  ready-all [--timeout S]    every server that a drain left out (a deploy killed mid-roll), back
-  save-state FILE            the runtime state (drain/maint) into FILE, read at the next reload
+                             checks it while it restarts. Refused (exit 1) when no other server
+                             is UP, which would leave clients nothing: --force (a schema migration
+                             that stops every server) takes it out anyway
+  ready NAME [--timeout S]   back from maintenance; wait until a health check made after that
+                             says UP (not HAProxy's "UP 1/2" of a server back before any check)
+  ready-all [--timeout S]    every server a drain left out (a deploy killed mid-roll), back
 
 Without the socket (HAProxy not installed or not running yet) or for a server the backend does
 not list yet, drain and ready have nothing to do: they say so and exit 0. Each command prints one
@@ -56,6 +59,8 @@ def command(line: str, path: str = SOCKET) -> str:
 
 def parse_stat(text: str, backend: str = BACKEND) -> dict[str, dict[str, str]]:
     """`show stat` CSV -> server name -> its columns (status, scur, weight, ...)."""
+    if not text.startswith("# pxname,"):
+        raise RuntimeError(f"HAProxy answered 'show stat' with: {text.strip()[:200]}")
     header, _, body = text.lstrip("# ").partition("\n")
     reader = csv.DictReader(io.StringIO(header + "\n" + body))
     return {row["svname"]: row for row in reader
@@ -76,19 +81,32 @@ def in_maintenance(status: str) -> bool:
     return status.startswith(("MAINT", "DRAIN"))
 
 
+def proven_up(row: dict[str, str]) -> bool:
+    """UP by a health check that passed: not "UP 1/2" (going down, or back before any check)."""
+    return row.get("status") == "UP" and row.get("check_status", "").startswith("L7OK")
+
+
 def set_state(name: str, state: str, path: str) -> None:
     answer = command(f"set server {BACKEND}/{name} state {state}", path).strip()
     if answer:  # the socket answers nothing on success
         raise RuntimeError(f"HAProxy refused 'set server {BACKEND}/{name} state {state}': {answer}")
 
 
-def drain(name: str, timeout: float, path: str = SOCKET) -> dict[str, object]:
+def drain(name: str, timeout: float, path: str = SOCKET, force: bool = False) -> dict[str, object]:
     known = servers(path)
     if name not in known:
         return {"changed": False, "absent": True, "msg": f"{name} is not a server of this load balancer yet"}
     before = known[name].get("status", "")
     if before.startswith("MAINT"):
         return {"changed": False, "status": before, "waited_s": 0}
+    others = {other: row.get("status", "") for other, row in known.items() if other != name}
+    if not force and not any(proven_up(row) for other, row in known.items() if other != name):
+        return {"changed": False, "failed": True, "status": before,
+                "msg": (f"not taking {name} out: no other server of this load balancer is UP ("
+                        + (", ".join(f"{other} {state}" for other, state in sorted(others.items())) or "there is none")
+                        + "), so clients would get no answer while it restarts. Bring the other servers back first "
+                        "(deploy them alone with --host), or deploy this one during a maintenance window with "
+                        "`mlflow-lb-servers drain --force`.")}
     set_state(name, "drain", path)
     started = time.monotonic()
     sessions = int(known[name].get("scur") or 0)
@@ -100,40 +118,40 @@ def drain(name: str, timeout: float, path: str = SOCKET) -> dict[str, object]:
             "sessions_left": sessions}
 
 
-def _wait_up(names: list[str], timeout: float, path: str) -> dict[str, str]:
+def _wait_up(names: list[str], timeout: float, path: str, settle: float) -> dict[str, str]:
+    """Wait (settle seconds at least: one health check) until every one of names is proven UP."""
+    time.sleep(settle)
     deadline = time.monotonic() + timeout
     while True:
-        now = {name: row.get("status", "") for name, row in servers(path).items() if name in names}
-        if all(status.startswith("UP") or status == "no check" for status in now.values()):
-            return now
-        if time.monotonic() > deadline:
-            return now
+        rows = {name: row for name, row in servers(path).items() if name in names}
+        if all(proven_up(row) for row in rows.values()) or time.monotonic() > deadline:
+            return {name: row.get("status", "") for name, row in rows.items()}
         time.sleep(0.25)
 
 
-def ready(name: str, timeout: float, path: str = SOCKET) -> dict[str, object]:
+def ready(name: str, timeout: float, path: str = SOCKET, settle: float = 0) -> dict[str, object]:
     known = servers(path)
     if name not in known:
         return {"changed": False, "absent": True, "msg": f"{name} is not a server of this load balancer yet"}
     before = known[name].get("status", "")
     if in_maintenance(before):
         set_state(name, "ready", path)
-    status = _wait_up([name], timeout, path).get(name, "")
+    status = _wait_up([name], timeout, path, settle if in_maintenance(before) else 0).get(name, "")
     result: dict[str, object] = {"changed": in_maintenance(before), "status_before": before, "status": status}
-    if not status.startswith("UP"):
+    if status != "UP":
         result["failed"] = True
         result["msg"] = (f"{name} is back from maintenance but the load balancer's health check says "
                          f"{status or 'nothing'} after {timeout:g} s")
     return result
 
 
-def ready_all(timeout: float, path: str = SOCKET) -> dict[str, object]:
+def ready_all(timeout: float, path: str = SOCKET, settle: float = 0) -> dict[str, object]:
     known = servers(path)
     left_out = [name for name, row in known.items() if in_maintenance(row.get("status", ""))]
     for name in left_out:
         set_state(name, "ready", path)
-    status = _wait_up(list(known), timeout, path)
-    up = [name for name, state in status.items() if state.startswith("UP")]
+    status = _wait_up(list(known), timeout, path, settle if left_out else 0)
+    up = [name for name, state in status.items() if state == "UP"]
     result: dict[str, object] = {"changed": bool(left_out), "readied": left_out, "status": status, "up": up}
     if known and not up:
         result["failed"] = True
@@ -141,42 +159,33 @@ def ready_all(timeout: float, path: str = SOCKET) -> dict[str, object]:
     return result
 
 
-def save_state(target: str, path: str = SOCKET) -> dict[str, object]:
-    state = command("show servers state", path)
-    partial = target + ".partial"
-    with open(partial, "w") as fh:
-        fh.write(state)
-    os.replace(partial, target)
-    return {"changed": False, "file": target}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mlflow-lb-servers", description=__doc__.split("\n\n")[0])
     ap.add_argument("--socket", default=SOCKET)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("show")
-    for name in ("drain", "ready"):
+    for name in ("drain", "ready", "ready-all"):
         p = sub.add_parser(name)
-        p.add_argument("server")
+        if name != "ready-all":
+            p.add_argument("server")
         p.add_argument("--timeout", type=float, default=60)
-    p = sub.add_parser("ready-all")
-    p.add_argument("--timeout", type=float, default=60)
-    p = sub.add_parser("save-state")
-    p.add_argument("file")
+        # ready: a health check must have run since (HAProxy's check interval plus its timeout)
+        p.add_argument("--settle", type=float, default=0)
+    sub.choices["drain"].add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "show":
             result: object = summary(args.socket)
         elif args.cmd == "drain":
-            result = drain(args.server, args.timeout, args.socket)
+            result = drain(args.server, args.timeout, args.socket, force=args.force)
         elif args.cmd == "ready":
-            result = ready(args.server, args.timeout, args.socket)
-        elif args.cmd == "ready-all":
-            result = ready_all(args.timeout, args.socket)
+            result = ready(args.server, args.timeout, args.socket, settle=args.settle)
         else:
-            result = save_state(args.file, args.socket)
+            result = ready_all(args.timeout, args.socket, settle=args.settle)
     except NoSocket as exc:
         result = {"changed": False, "absent": True, "msg": f"no HAProxy admin socket at {exc}: nothing to do"}
+    except (RuntimeError, OSError) as exc:  # HAProxy refused a command, or the socket broke
+        result = {"changed": False, "failed": True, "msg": str(exc)}
     print(json.dumps(result))
     return 1 if isinstance(result, dict) and result.get("failed") else 0
 

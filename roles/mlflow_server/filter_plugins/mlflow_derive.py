@@ -369,6 +369,21 @@ def realm_problems(found: Sequence[Mapping[str, Any]]) -> list[str]:
     return problems
 
 
+def load_balancer_problems(found: Sequence[Mapping[str, Any]], lb_hosts: Sequence[str]) -> list[str]:
+    """Behind load balancers (group mlflow_lb) every server must serve the same data: one shared
+    database (a sentence; none: empty list). One server alone may use anything, SQLite too.
+    Servers left unchecked by realms() are their own deploys' to check."""
+    if not lb_hosts:
+        return []
+    where = "; ".join(f"{realm['database']}: {', '.join(realm['servers'])}" for realm in found)
+    if len(found) > 1:
+        return [f"The load balancers ({', '.join(lb_hosts)}) would spread each client over {len(found)} "
+                f"databases ({where}): a run logged through one server would be missing on the others. Put every "
+                "server of group mlflow_servers on one PostgreSQL database (mlflow_backend postgresql with an "
+                "mlflow_db host, or one mlflow_backend_store_uri)."]
+    return []
+
+
 # --- network ---------------------------------------------------------------------------------
 
 def listen_address(bind_address: str, tls: Any) -> str:
@@ -410,6 +425,7 @@ FILTERS: Mapping[str, Any] = {
     "mlflow_with_any_port": with_any_port,
     "mlflow_realms": realms,
     "mlflow_realm_problems": realm_problems,
+    "mlflow_load_balancer_problems": load_balancer_problems,
     "mlflow_server_budget": server_budget,
     "mlflow_reserved_connections": reserved_connections,
 }
