@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Several MLflow servers behind HAProxy, measured on this machine's sandboxes.
 
-One database VM (PostgreSQL, SeaweedFS's S3 gateway), two server VMs (one uvicorn worker
-each, --metrics) and a load balancer VM on a podman network, deployed by one `deploy -i`
+One database VM (PostgreSQL, SeaweedFS's S3 gateway), two server VMs (two uvicorn workers
+each: with one, 16 saturating clients ran its connection pools dry, QueuePool timeouts after
+30 s; --metrics) and a load balancer VM on a podman network, deployed by one `deploy -i`
 (tests/fleet.py builds the same fleet as tests/e2e/test_scale_out.py). Then, in turns:
 
   one / two servers   16 clients (log-batch, a search every third call, no think time) through
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         inventory = Path(tempfile.mkdtemp(prefix="mlops-bench-fleet-")) / "inventory.yml"
         write_inventory(inventory, db=names["db"], servers=[names["s1"], names["s2"]], lb=names["lb"],
                         addresses={n: addresses[CONTAINER_PREFIX + n] for n in names.values()}, subnet=subnet,
-                        secret=secret, host_vars=host_vars, mlflow_workers=1, mlflow_metrics=True)
+                        secret=secret, host_vars=host_vars, mlflow_workers=2, mlflow_metrics=True)
         log("deploying the fleet (database, two servers, load balancer)")
         began = time.monotonic()
         cli("deploy", "-i", str(inventory), env=env, check=True)
