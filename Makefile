@@ -12,7 +12,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: setup demo test lint unit molecule molecule-all e2e images bench clean-sandboxes
+.PHONY: setup demo test lint unit molecule molecule-all e2e e2e-scale-out images bench clean-sandboxes
 
 setup:
 	@bash scripts/setup.sh
@@ -53,6 +53,11 @@ molecule-all: images
 # Prints each lane's output, the slowest tests and the time per module (docs/testing.md).
 e2e: images
 	bash scripts/e2e_lanes.sh $(E2E_ARGS)
+
+# Several servers behind HAProxy, rolls under load, the upgrade with one migration
+# (tests/e2e/test_scale_out.py): about 20 minutes alone on 2 cores, so kept out of `make test`.
+e2e-scale-out: images
+	pytest -q --durations=15 tests/e2e/test_scale_out.py
 
 # Prints each stage's time at the end; docs/testing.md records them.
 test:

@@ -40,7 +40,6 @@ from tests.e2e.conftest import (
 )
 
 pytestmark = pytest.mark.e2e
-E2E_LANE = "shared"  # scripts/e2e_lanes.sh: evens out the lanes (test_scale_out is in the other)
 
 DATA: dict[str, str] = {}  # what the first test wrote and where its archive is
 
