@@ -1,22 +1,72 @@
-"""Start a command that dies with the CLI: `python -m mlops_provision.tether PARENT_PID CMD ARGS...`.
+"""Run ansible-playbook so that it, its workers and their ssh die with the CLI:
+`python -m mlops_provision.tether PARENT_PID ANSIBLE_PLAYBOOK ARGS...`.
 
 ansible-runner starts ansible-playbook in a new session on a pseudo-terminal with SIGHUP
-ignored, so a CLI killed outright (SIGKILL, an OOM kill, a closed laptop's terminal) left it
-running on its own: holding the host's deploy lock, changing the host with nobody watching,
-while the operator's next deploy waited for it. Here the kernel is asked to send SIGTERM when
-the parent dies (PR_SET_PDEATHSIG survives exec). SIGTERM, not SIGHUP: ansible-playbook's
-SIGTERM handler passes it on to its workers, which run in sessions of their own and would
-otherwise finish their task (and its ssh) unwatched. Linux only; elsewhere it just execs.
+ignored, and ansible-playbook runs each task in a worker that calls setsid. So a CLI killed
+outright (SIGKILL, an OOM kill, a closed laptop's terminal) left ansible-playbook running on its
+own, and a cancelled run (ansible-runner SIGKILLs ansible-playbook's process group, not the
+workers' sessions) left the task's worker and its ssh running: holding the host's deploy lock,
+changing the host with nobody watching, while the operator's next deploy waited.
+
+Two kernel requests close that (PR_SET_PDEATHSIG: a signal when the parent dies):
+- this process asks for SIGTERM when the CLI dies; ansible-playbook's SIGTERM handler passes it
+  on to the workers it knows of and ends;
+- every process it forks (the workers) asks for SIGTERM when *it* dies, and checks right away
+  that it has not died already. That covers what the handler cannot: a worker forked just as
+  the signal came (seen under load: the migration's worker and its ssh outlived the run), and a
+  SIGKILLed ansible-playbook (cancel). A worker's SIGTERM handler ends its own session's ssh.
+
+For that the hook must live inside ansible-playbook, so when the script belongs to this
+interpreter's bin directory it runs in this process (`runpy`); another interpreter's script is
+exec'd with the first request only. Linux only; elsewhere it just runs the command.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import runpy
 import signal
 import sys
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> bool:
+    """Ask for SIGTERM when `parent` dies; False when it is gone already (we were reparented)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    return os.getppid() == parent
+
+
+def _tether_forks() -> None:
+    """Every child this process forks from now on dies with it (set in the child, at fork)."""
+    forking_pid = 0
+
+    def before() -> None:
+        nonlocal forking_pid
+        forking_pid = os.getpid()
+
+    def after_in_child() -> None:
+        if not _die_with_parent(forking_pid):
+            os.kill(os.getpid(), signal.SIGTERM)  # runs the child's handler, if it has one yet
+
+    os.register_at_fork(before=before, after_in_child=after_in_child)
+
+
+def _same_interpreter(script: str) -> bool:
+    """The script is a Python console script of this interpreter's environment (same bin dir)."""
+    try:
+        with open(script, "rb") as fh:
+            first = fh.readline(512)
+    except OSError:
+        return False
+    if not first.startswith(b"#!"):
+        return False
+    interpreter = first[2:].strip().split(b" ")[0].decode(errors="replace")
+    return Path(interpreter).parent == Path(sys.executable).parent and "python" in Path(interpreter).name
 
 
 def main(argv: list[str]) -> int:
@@ -24,11 +74,13 @@ def main(argv: list[str]) -> int:
         print("usage: python -m mlops_provision.tether PARENT_PID COMMAND [ARGS...]", file=sys.stderr)
         return 2
     parent, command = int(argv[0]), argv[1:]
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the CLI died before the request took effect
-            return 143
+    if not _die_with_parent(parent):  # the CLI died before the request took effect
+        return 143
+    if sys.platform.startswith("linux") and _same_interpreter(command[0]):
+        _tether_forks()
+        sys.argv = command
+        runpy.run_path(command[0], run_name="__main__")  # ends by SystemExit with its exit code
+        return 0
     os.execvp(command[0], command)  # noqa: S606 - the command line is ours (runner.run)
     return 127  # not reached: execvp returns only by raising
 

@@ -164,7 +164,7 @@ def deploy_until(vm: VM, pattern: str, sig: int, *args: str, verb: str = "deploy
     rc = proc.wait(timeout=300)
     assert sent_at, f"the deploy never reached {pattern!r}:\n" + "".join(seen)[-3000:]
     if sig == signal.SIGKILL:
-        left = wait_until_none_with_env(f"MLOPS_PROVISION_TEST_RUN={run_id}", 5)
+        left = wait_until_none_with_env(f"MLOPS_PROVISION_TEST_RUN={run_id}", 10)
         assert not left, f"still running {time.monotonic() - sent_at:.0f} s after SIGKILL: {left}"
     return rc, out, "".join(seen), time.monotonic() - sent_at
 
