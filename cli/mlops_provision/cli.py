@@ -34,7 +34,7 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML file with the same keys as these flags")
 
 
-def _target_options(parser: argparse.ArgumentParser, ansible: bool = True) -> None:
+def _target_options(parser: argparse.ArgumentParser, ansible: bool = True, changes: bool = True) -> None:
     group = parser.add_argument_group("targets")
     group.add_argument("--host", action="append", default=[], metavar="NAME",
                        help="sandbox name, inventory host, or hostname/IP (repeatable)")
@@ -46,9 +46,10 @@ def _target_options(parser: argparse.ArgumentParser, ansible: bool = True) -> No
     group = parser.add_argument_group("ansible passthrough")
     group.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
                        help="extra variables (key=value, JSON or @file), as for ansible-playbook")
-    group.add_argument("--tags", help="run only these role tags (e.g. mlflow_configure)")
-    group.add_argument("--check", action="store_true", help="dry run: report what would change")
-    group.add_argument("--diff", action="store_true", help="show file differences")
+    if changes:  # a command that reads only (status) has nothing to run partly, dry or with diffs
+        group.add_argument("--tags", help="run only these role tags (e.g. mlflow_configure)")
+        group.add_argument("--check", action="store_true", help="dry run: report what would change")
+        group.add_argument("--diff", action="store_true", help="show file differences")
     group.add_argument("-v", "--verbose", action="count", default=0, help="raw Ansible output (-vv, -vvv: more)")
     _secrets_options(parser)
 
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="replace a server that holds runs or registered models (they are backed up first)")
     restore.set_defaults(force=False)
     _lock_option(restore)
+
+    status = sub.add_parser("status", help="one table of every server and load balancer: version, health, "
+                                           "readiness, uptime, last deploy, drift from the configuration")
+    _server_options(status)
+    _target_options(status, changes=False)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
 
     render = sub.add_parser("render", help="write the unit and env file a deploy would install")
     _server_options(render)

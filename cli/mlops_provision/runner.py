@@ -53,6 +53,7 @@ class HostResult:
     deployment: Deployment | None = None  # the role's mlflow_deployment fact, once verify ran
     backup: dict[str, Any] = field(default_factory=dict)  # `backup`: the role's mlflow_backup fact
     load_balancer: dict[str, Any] = field(default_factory=dict)  # role mlflow_lb's mlflow_lb_deployment fact
+    status: dict[str, Any] = field(default_factory=dict)  # `status`: mlflow_server_status or mlflow_lb_status
 
 
 @dataclass
@@ -362,3 +363,6 @@ def _collect(event: dict[str, Any], hosts: dict[str, HostResult]) -> None:
             entry.backup = facts["mlflow_backup"]
         if isinstance(facts.get("mlflow_lb_deployment"), dict):
             entry.load_balancer = facts["mlflow_lb_deployment"]
+        for kind in ("server", "lb"):
+            if isinstance(facts.get(f"mlflow_{kind}_status"), dict):
+                entry.status = {"kind": kind, **facts[f"mlflow_{kind}_status"]}

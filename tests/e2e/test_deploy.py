@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,8 +125,32 @@ def test_second_deploy_changes_nothing_and_does_not_restart(vm: VM) -> None:
 NOTHING_TO_DO = "checked    nothing to do: files, units, firewall and process as the last deploy left them"
 
 
+def _status(vm: VM, *args: str) -> tuple[int, Any]:
+    """`status` of the one server: its exit code, and its --json entry (with --json) or the table."""
+    proc = cli("status", "--host", vm.name, *args)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+    return proc.returncode, json.loads(proc.stdout)["servers"][vm.name] if "--json" in args else proc.stdout
+
+
 def test_a_hand_edit_or_a_restart_since_the_last_deploy_gets_the_full_deploy(vm: VM) -> None:
+    """And `status` shows each: in order after a deploy, drift after the hand edit and for other
+    options, in order again after the next deploy; it changes nothing."""
+    pid, env_file = vm.main_pid(), vm.sh("cat /etc/mlflow/mlflow.env")
+    rc, server = _status(vm, "--json")
+    assert rc == 0 and server["problems"] == [], server
+    assert server["service"] == {"state": "active", "pid": int(pid), "uptime_s": server["service"]["uptime_s"]}
+    assert server["health"] == server["ready"] == "ok"
+    assert server["version"] == server["last_deploy"]["version"]
+    rc, server = _status(vm, "--json", "--workers", "3")
+    assert rc == 1 and server["problems"] == ["the configuration asks for something else than the last deploy"]
     vm.sh("echo 'MLFLOW_WORKERS=\"1\"' >> /etc/mlflow/mlflow.env")
+    rc, table = _status(vm)
+    assert rc == 1, table
+    assert re.search(rf"^{vm.name} +server +[0-9.]+ +active .* 1 \(below\)$", table, re.M), table
+    assert f"{vm.name}: changed on the host since the last deploy: files:/etc/mlflow/mlflow.env" in table.splitlines()
+    assert vm.main_pid() == pid and vm.sh("cat /etc/mlflow/mlflow.env") == env_file + 'MLFLOW_WORKERS="1"\n'
+    password = cli("user", "admin-password", "--host", vm.name).stdout.strip()
+    assert password and password not in table
     proc = cli("deploy", "--host", vm.name)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert NOTHING_TO_DO not in proc.stdout
@@ -138,6 +163,8 @@ def test_a_hand_edit_or_a_restart_since_the_last_deploy_gets_the_full_deploy(vm:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert NOTHING_TO_DO not in proc.stdout and "changed=0" in proc.stdout, proc.stdout
     assert vm.main_pid() == pid
+    rc, server = _status(vm, "--json")
+    assert rc == 0 and server["problems"] == [] and server["service"]["pid"] == int(pid), server
     proc = cli("deploy", "--host", vm.name)
     assert proc.returncode == 0 and NOTHING_TO_DO in proc.stdout, proc.stdout + proc.stderr
     proc = cli("deploy", "--host", vm.name, "--full")  # walks every step anyway

@@ -15,7 +15,23 @@ from mlops_provision.commands._common import Playbook, exit_code, require_hosts,
 if TYPE_CHECKING:  # the real imports happen inside functions, keeping --help fast
     from mlops_provision.health import Report
     from mlops_provision.runner import RunResult
+    from mlops_provision.spec import DeploySpec
     from mlops_provision.targets import Targets
+
+
+def server_extravars(spec: DeploySpec) -> dict[str, Any]:
+    """The variables a deploy passes for its flags (status passes the same: the "nothing to do"
+    digest compares them)."""
+    extravars = dict(spec.explicit)
+    for var in ("mlflow_gcs_credentials_file", "mlflow_sftp_private_key_file",  # control-node paths
+                "mlflow_tls_cert_file", "mlflow_tls_key_file"):
+        if extravars.get(var):
+            extravars[var] = str(Path(extravars[var]).resolve())
+    extravars["mlflow_wheelhouse_cache_dir"] = str(paths.cache_dir() / "wheelhouse")
+    tls_dir = paths.state_dir() / "tls"  # self-signed certificates fetched from the hosts
+    tls_dir.mkdir(mode=0o700, exist_ok=True)
+    extravars["mlflow_tls_fetch_dir"] = str(tls_dir)
+    return extravars
 
 
 def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, Any]] | None = None,
@@ -33,15 +49,8 @@ def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, A
     inventories = args.inventory or ([spec.config["inventory"]] if spec.config.get("inventory") else [])
     resolved = targets.resolve(hosts, inventories)
 
-    extravars = dict(spec.explicit)
-    for var in ("mlflow_gcs_credentials_file", "mlflow_sftp_private_key_file",  # control-node paths
-                "mlflow_tls_cert_file", "mlflow_tls_key_file"):
-        if extravars.get(var):
-            extravars[var] = str(Path(extravars[var]).resolve())
-    extravars["mlflow_wheelhouse_cache_dir"] = str(paths.cache_dir() / "wheelhouse")
-    tls_dir = paths.state_dir() / "tls"  # self-signed certificates fetched from the hosts
-    tls_dir.mkdir(mode=0o700, exist_ok=True)
-    extravars["mlflow_tls_fetch_dir"] = str(tls_dir)
+    extravars = server_extravars(spec)
+    tls_dir = Path(extravars["mlflow_tls_fetch_dir"])
     if args.force:
         extravars["mlflow_force"] = True
     if getattr(args, "full", False):  # restore shares this function and has no --full

@@ -16,6 +16,10 @@ object and exits 0; the role decides.
   record --digest D --spec JSON --facts JSON|- --run-id ID
       writes the record when the host's deploy lock is free and this run released it last (never
       while or after another deploy changed the host); {"recorded": bool, "reason": ...}
+  status --digest D --spec JSON --live JSON
+      what `mlops-provision status` shows: the check's three parts each answered (asked for the
+      same? changed on the host since? answers as verified?), what runs, since when, and the
+      last deploy: {"drift": [...], "unit": {...}, "health": ..., "version": ..., "ready": ...}
 Any error means "not converged" / "not recorded", never a failed deploy.
 
 The spec: {"record": path, "files": [path or glob ...] (content, mode, owner; directories
@@ -205,16 +209,71 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         return {"converged": False, "reason": "this deploy asks for something else"}
     if not _lease_free(_read_lease()):
         return {"converged": False, "reason": "another deploy holds the host's lock"}
-    now = snapshot(spec)
-    if now != record.get("snapshot"):
-        before = record.get("snapshot") or {}
-        changed = sorted(f"{part}:{key}" for part in now for key in set(now[part]) | set(before.get(part, {}))
-                         if now[part].get(key) != before.get(part, {}).get(key))
+    changed = changed_since(record, spec)
+    if changed:
         return {"converged": False, "reason": "changed on the host: " + ", ".join(changed[:5])}
     problem = live(json.loads(args.live))
     if problem:
         return {"converged": False, "reason": problem}
     return {"converged": True, "reason": "", "deployment": record.get("facts", {})}
+
+
+def changed_since(record: dict[str, Any], spec: dict[str, Any]) -> list[str]:
+    """What differs between the host now and the record's snapshot ("files:/etc/mlflow/mlflow.env")."""
+    now = snapshot(spec)
+    before = record.get("snapshot") or {}
+    return sorted(f"{part}:{key}" for part in now for key in set(now[part]) | set(before.get(part, {}))
+                  if now[part].get(key) != before.get(part, {}).get(key))
+
+
+def _service(name: str = "mlflow.service") -> dict[str, Any]:
+    """State, main process and seconds since it started (CLOCK_MONOTONIC, as systemd counts)."""
+    props = _units([name]).get(name, {})
+    started = int(props.get("ExecMainStartTimestampMonotonic") or 0)
+    active = props.get("ActiveState", "")
+    return {"state": active or "unknown", "pid": int(props.get("MainPID") or 0),
+            "uptime_s": round(time.monotonic() - started / 1e6) if started and active == "active" else None}
+
+
+def status(args: argparse.Namespace) -> dict[str, Any]:
+    """Each part of the check answered on its own, and what runs: nothing stops at the first
+    difference. Reads only."""
+    spec, checks = json.loads(args.spec), json.loads(args.live)
+    try:
+        with open(spec["record"], encoding="utf-8") as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        record = {}
+    drift = []
+    if not record:
+        drift.append("no record of a finished deploy")
+    else:
+        if record.get("digest") != args.digest:
+            drift.append("the configuration asks for something else than the last deploy")
+        changed = changed_since(record, spec)
+        if changed:
+            drift.append("changed on the host since the last deploy: " + ", ".join(changed[:8])
+                         + (f" and {len(changed) - 8} more" if len(changed) > 8 else ""))
+    problem = live(checks)
+    if problem:
+        drift.append(problem)
+    lease = _read_lease()
+    base = f"http://127.0.0.1:{checks['port']}"
+    admin = _admin(checks["auth_config"]) if checks.get("auth_config") else None
+    health, _ = _get(base + "/health")
+    version_status, version = _get(base + "/version", auth=admin)
+    ready, _ = _get(base + checks["auth_probe_path"], auth=admin)  # reads the tracking database
+    facts = record.get("facts", {}).get("server", {})
+    return {
+        "drift": drift,
+        "deploying": not _lease_free(lease),
+        "service": _service(),
+        "health": "ok" if health == 200 else f"answered {health or 'nothing'}",
+        "version": version if version_status == 200 else "",
+        "ready": "ok" if ready == 200 else f"a database read answered {ready or 'nothing'}",
+        "last_deploy": {"at": record.get("recorded"), "version": facts.get("version", ""),
+                        "backend": facts.get("backend", "")} if record else {},
+    }
 
 
 def record(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,6 +315,10 @@ def main() -> int:
     ck.add_argument("--digest", required=True)
     ck.add_argument("--spec", required=True)
     ck.add_argument("--live", required=True)
+    st = sub.add_parser("status")
+    st.add_argument("--digest", required=True)
+    st.add_argument("--spec", required=True)
+    st.add_argument("--live", required=True)
     rc = sub.add_parser("record")
     rc.add_argument("--digest", required=True)
     rc.add_argument("--spec", required=True)
@@ -265,9 +328,9 @@ def main() -> int:
     if args.command == "record" and args.facts == "-":
         args.facts = sys.stdin.read()
     try:
-        result = check(args) if args.command == "check" else record(args)
+        result = {"check": check, "status": status, "record": record}[args.command](args)
     except Exception as err:  # noqa: BLE001 - any doubt means the full deploy, never a failed one
-        key = "converged" if args.command == "check" else "recorded"
+        key = {"check": "converged", "status": "error", "record": "recorded"}[args.command]
         result = {key: False, "reason": f"{type(err).__name__}: {err}"}
     print(json.dumps(result))
     return 0
