@@ -201,6 +201,56 @@ def test_a_user_created_through_the_load_balancer_logs_in_on_both_servers(fleet:
         assert wrong.stdout == "401", (vm.name, wrong)
 
 
+def _wait_lb(fleet: Fleet, want: str, timeout: float = 60) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while (seen := fleet.lb_servers()) != {vm.name: want for vm in fleet.servers} and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return seen
+
+
+def test_status_shows_every_host_and_a_hand_edit_on_one_server(fleet: Fleet) -> None:
+    proc = cli("status", "-i", str(fleet.inventory), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert {name: s["problems"] for name, s in out["servers"].items()} == {vm.name: [] for vm in fleet.servers}
+    lb = out["load_balancers"][fleet.lb.name]
+    assert lb["problems"] == [] and lb["state"] == "active"
+    assert {s["name"]: s["status"] for s in lb["servers"]} == {vm.name: "UP" for vm in fleet.servers}
+    s1, s2 = fleet.servers
+    size = s1.sh("stat -c %s /etc/mlflow/mlflow.env").strip()
+    s1.sh("echo '# a hand edit' >> /etc/mlflow/mlflow.env")
+    try:
+        proc = cli("status", "-i", str(fleet.inventory))
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        lines = proc.stdout.splitlines()
+        assert f"{s1.name}: changed on the host since the last deploy: files:/etc/mlflow/mlflow.env" in lines
+        assert not [line for line in lines if line.startswith((f"{s2.name}:", f"{fleet.lb.name}:"))], proc.stdout
+        assert [line.split()[:2] for line in lines[1:4]] == [[s1.name, "server"], [s2.name, "server"],
+                                                             [fleet.lb.name, "lb"]]
+    finally:
+        s1.sh(f"truncate -s {size} /etc/mlflow/mlflow.env")  # the same file again: no drift
+    assert cli("status", "-i", str(fleet.inventory)).returncode == 0
+
+
+def test_a_server_that_cannot_read_its_database_is_out_of_the_load_balancer(fleet: Fleet) -> None:
+    """Readiness, not only liveness: /health still answers, the load balancer's check reads the
+    database and takes both servers out while PostgreSQL is stopped, and puts them back after."""
+    fleet.db.sh("systemctl stop postgresql.service")
+    try:
+        assert _wait_lb(fleet, "DOWN") == {vm.name: "DOWN" for vm in fleet.servers}
+        for vm in fleet.servers:
+            assert subprocess.run(["curl", "-fsS", vm.url + "/health"], capture_output=True,
+                                  text=True).stdout.strip() == "OK"
+        out = json.loads(cli("status", "-i", str(fleet.inventory), "--json").stdout)
+        for vm in fleet.servers:
+            assert out["servers"][vm.name]["health"] == "ok"
+            assert out["servers"][vm.name]["ready"].startswith("a database read answered 5"), out["servers"][vm.name]
+        assert {s["status"] for s in out["load_balancers"][fleet.lb.name]["servers"]} == {"DOWN"}
+    finally:
+        fleet.db.sh("systemctl start postgresql.service")
+    assert _wait_lb(fleet, "UP") == {vm.name: "UP" for vm in fleet.servers}
+
+
 def test_a_server_killed_under_load_costs_the_clients_nothing(fleet: Fleet) -> None:
     victim = fleet.servers[0]
     before = victim.main_pid()

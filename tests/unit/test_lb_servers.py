@@ -96,6 +96,28 @@ def test_show(haproxy: FakeHAProxy, capsys: pytest.CaptureFixture[str]) -> None:
                    {"name": "s2", "status": "UP", "weight": "1", "sessions": 3, "check": "L7OK"}]
 
 
+def test_status_gives_the_service_and_the_servers(haproxy: FakeHAProxy, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = {"systemctl": "ActiveState=active\nMainPID=812\nExecMainStartTimestampMonotonic=1000000\n",
+               "haproxy": "HAProxy version 2.6.12-1+deb12u2 2025/01/01 - https://haproxy.org/\n"}
+    monkeypatch.setattr(lb, "_output", lambda argv: answers[argv[0]])
+    monkeypatch.setattr(lb.time, "monotonic", lambda: 61.4)
+    rc, out = run(capsys, "--socket", haproxy.path, "status")
+    assert rc == 0
+    assert out == {"state": "active", "pid": 812, "uptime_s": 60, "version": "2.6.12-1+deb12u2",
+                   "servers": [{"name": "s1", "status": "UP", "weight": "1", "sessions": 0, "check": "L7OK"},
+                               {"name": "s2", "status": "UP", "weight": "1", "sessions": 3, "check": "L7OK"}]}
+
+
+def test_status_without_haproxy_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lb, "_output", lambda argv: "")
+    rc, out = run(capsys, "--socket", str(tmp_path / "none.sock"), "status")
+    assert rc == 0
+    assert out == {"state": "unknown", "pid": 0, "uptime_s": None, "version": "",
+                   "servers": {"absent": True, "msg": str(tmp_path / "none.sock")}}
+
+
 def test_drain_waits_for_the_open_sessions_then_sets_maintenance(haproxy: FakeHAProxy,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     def finish_requests() -> None:

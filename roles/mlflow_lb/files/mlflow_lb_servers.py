@@ -12,6 +12,8 @@ mlflow_lb as /usr/local/sbin/mlflow-lb-servers; the server role calls it during 
   ready NAME [--timeout S]   back from maintenance; wait until a health check made after that
                              says UP (not HAProxy's "UP 1/2" of a server back before any check)
   ready-all [--timeout S]    every server a drain left out (a deploy killed mid-roll), back
+  status                     HAProxy's service (state, main PID, seconds since it started, its
+                             version) and the servers as in show (`mlops-provision status`)
 
 Without the socket (HAProxy not installed or not running yet) or for a server the backend does
 not list yet, drain and ready have nothing to do: they say so and exit 0. Each command prints one
@@ -26,6 +28,7 @@ import io
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -159,11 +162,36 @@ def ready_all(timeout: float, path: str = SOCKET, settle: float = 0) -> dict[str
     return result
 
 
+def _output(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def service_status(path: str = SOCKET) -> dict[str, object]:
+    """What `mlops-provision status` shows of this load balancer. Reads only."""
+    show = _output(["systemctl", "show", "haproxy.service", "-p", "ActiveState", "-p", "MainPID",
+                    "-p", "ExecMainStartTimestampMonotonic"])
+    props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    started = int(props.get("ExecMainStartTimestampMonotonic") or 0)
+    active = props.get("ActiveState") == "active"
+    version = _output(["haproxy", "-v"]).split()
+    try:
+        listed: object = summary(path)
+    except (NoSocket, RuntimeError, OSError) as exc:
+        listed = {"absent": True, "msg": str(exc)}
+    return {"state": props.get("ActiveState") or "unknown", "pid": int(props.get("MainPID") or 0),
+            "uptime_s": round(time.monotonic() - started / 1e6) if active and started else None,
+            "version": version[2] if len(version) > 2 else "", "servers": listed}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mlflow-lb-servers", description=__doc__.split("\n\n")[0])
     ap.add_argument("--socket", default=SOCKET)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("show")
+    sub.add_parser("status")
     for name in ("drain", "ready", "ready-all"):
         p = sub.add_parser(name)
         if name != "ready-all":
@@ -176,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "show":
             result: object = summary(args.socket)
+        elif args.cmd == "status":
+            result = service_status(args.socket)
         elif args.cmd == "drain":
             result = drain(args.server, args.timeout, args.socket, force=args.force)
         elif args.cmd == "ready":
