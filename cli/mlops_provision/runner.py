@@ -363,6 +363,6 @@ def _collect(event: dict[str, Any], hosts: dict[str, HostResult]) -> None:
             entry.backup = facts["mlflow_backup"]
         if isinstance(facts.get("mlflow_lb_deployment"), dict):
             entry.load_balancer = facts["mlflow_lb_deployment"]
-        for kind in ("server", "lb"):
-            if isinstance(facts.get(f"mlflow_{kind}_status"), dict):
-                entry.status = {"kind": kind, **facts[f"mlflow_{kind}_status"]}
+        for role in ("server", "lb"):
+            if isinstance(facts.get(f"mlflow_{role}_status"), dict):
+                entry.status = {"kind": role, **facts[f"mlflow_{role}_status"]}

@@ -28,21 +28,33 @@ import os
 import runpy
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> bool:
-    """Ask for SIGTERM when `parent` dies; False when it is gone already (we were reparented)."""
+def _prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
+        return None
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with_parent(parent: int, prctl: Callable[..., int] | None) -> bool:
+    """Ask for SIGTERM when `parent` dies; False when it is gone already (we were reparented)."""
+    if prctl is None:
         return True
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        return True  # not granted: nothing to wait for, and nothing to end here
     return os.getppid() == parent
 
 
-def _tether_forks() -> None:
-    """Every child this process forks from now on dies with it (set in the child, at fork)."""
+def _tether_forks(prctl: Callable[..., int] | None) -> None:
+    """Every child this process forks from now on dies with it (set in the child, at fork).
+
+    The child inherits the parent's Python SIGTERM handler (ansible-playbook's, which signals
+    the parent's workers and raises in a child), so SIGTERM goes back to its default until the
+    child installs its own (an ansible worker does, first thing, to end its session's ssh)."""
     forking_pid = 0
 
     def before() -> None:
@@ -50,8 +62,9 @@ def _tether_forks() -> None:
         forking_pid = os.getpid()
 
     def after_in_child() -> None:
-        if not _die_with_parent(forking_pid):
-            os.kill(os.getpid(), signal.SIGTERM)  # runs the child's handler, if it has one yet
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if not _die_with_parent(forking_pid, prctl):
+            os._exit(143)  # the parent is gone: this child has nobody to work for
 
     os.register_at_fork(before=before, after_in_child=after_in_child)
 
@@ -74,11 +87,13 @@ def main(argv: list[str]) -> int:
         print("usage: python -m mlops_provision.tether PARENT_PID COMMAND [ARGS...]", file=sys.stderr)
         return 2
     parent, command = int(argv[0]), argv[1:]
-    if not _die_with_parent(parent):  # the CLI died before the request took effect
+    prctl = _prctl()
+    if not _die_with_parent(parent, prctl):  # the CLI died before the request took effect
         return 143
-    if sys.platform.startswith("linux") and _same_interpreter(command[0]):
-        _tether_forks()
+    if prctl is not None and _same_interpreter(command[0]):
+        _tether_forks(prctl)
         sys.argv = command
+        sys.path[0] = os.path.dirname(os.path.abspath(command[0]))  # as when the script runs itself
         runpy.run_path(command[0], run_name="__main__")  # ends by SystemExit with its exit code
         return 0
     os.execvp(command[0], command)  # noqa: S606 - the command line is ours (runner.run)

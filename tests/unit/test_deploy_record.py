@@ -169,3 +169,33 @@ def test_any_error_is_not_converged_never_a_failure(
     monkeypatch.setattr(host, "live", broken)
     assert check(host, monkeypatch, capsys, tmp_path) == {
         "converged": False, "reason": "TimeoutError: firewall-cmd did not answer"}
+
+
+def status(host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+           tmp_path: Path, digest: str = "D1") -> dict[str, Any]:
+    monkeypatch.setattr(host, "_get", lambda url, auth=None, context=None: (
+        200, "3.17.2" if url.endswith("/version") else "OK"))
+    monkeypatch.setattr(host, "_units", lambda names: {"mlflow.service": {
+        "ActiveState": "active", "MainPID": "812", "ExecMainStartTimestampMonotonic": "1000000"}})
+    live = {"port": 5000, "version": "3.17.2", "auth_config": "", "auth_probe_path": "/api/2.0/x"}
+    return run(host, monkeypatch, capsys, "status", "--digest", digest, "--spec", json.dumps(spec(tmp_path)),
+               "--live", json.dumps(live))
+
+
+def test_status_answers_each_part_instead_of_stopping_at_the_first(
+        host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert status(host, monkeypatch, capsys, tmp_path)["drift"] == ["no record of a finished deploy"]
+    assert record(host, monkeypatch, capsys, tmp_path)["recorded"]
+    now = status(host, monkeypatch, capsys, tmp_path)
+    assert now["drift"] == [] and not now["deploying"]
+    assert now["service"]["state"] == "active" and now["service"]["pid"] == 812
+    assert now["health"] == now["ready"] == "ok" and now["version"] == "3.17.2"
+    assert now["last_deploy"]["version"] == "3.17.2"
+    (tmp_path / "etc" / "mlflow.env").write_text('MLFLOW_WORKERS="1"\n')
+    monkeypatch.setattr(host, "live", lambda checks: "/health answered 502")
+    both = status(host, monkeypatch, capsys, tmp_path, digest="D2")["drift"]
+    assert both == ["the configuration asks for something else than the last deploy",
+                    f"changed on the host since the last deploy: files:{tmp_path}/etc/mlflow.env",
+                    "/health answered 502"]
+    unknown = status(host, monkeypatch, capsys, tmp_path, digest="-")["drift"][0]
+    assert unknown.startswith("cannot compare with the configuration: this machine does not have the realm's")

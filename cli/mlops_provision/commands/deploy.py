@@ -19,10 +19,12 @@ if TYPE_CHECKING:  # the real imports happen inside functions, keeping --help fa
     from mlops_provision.targets import Targets
 
 
-def server_extravars(spec: DeploySpec) -> dict[str, Any]:
+def server_extravars(spec: DeploySpec, args: argparse.Namespace) -> dict[str, Any]:
     """The variables a deploy passes for its flags (status passes the same: the "nothing to do"
     digest compares them)."""
     extravars = dict(spec.explicit)
+    if args.allow_insecure_version or spec.config.get("allow_insecure_version"):
+        extravars["mlflow_allow_insecure_version"] = True
     for var in ("mlflow_gcs_credentials_file", "mlflow_sftp_private_key_file",  # control-node paths
                 "mlflow_tls_cert_file", "mlflow_tls_key_file"):
         if extravars.get(var):
@@ -49,14 +51,12 @@ def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, A
     inventories = args.inventory or ([spec.config["inventory"]] if spec.config.get("inventory") else [])
     resolved = targets.resolve(hosts, inventories)
 
-    extravars = server_extravars(spec)
+    extravars = server_extravars(spec, args)
     tls_dir = Path(extravars["mlflow_tls_fetch_dir"])
     if args.force:
         extravars["mlflow_force"] = True
     if getattr(args, "full", False):  # restore shares this function and has no --full
         extravars["mlflow_full_deploy"] = True
-    if args.allow_insecure_version or spec.config.get("allow_insecure_version"):
-        extravars["mlflow_allow_insecure_version"] = True
     if restore_from is not None:
         extravars["mlflow_restore_archive"] = str(restore_from[0])
         extravars["mlflow_restore_force"] = bool(args.replace_data)

@@ -24,7 +24,7 @@ def status(args: argparse.Namespace) -> int:
     args.check, args.tags, args.diff, args.lock_wait = True, None, False, "0"
     with Playbook("status", args, resolved, []) as play:
         stored = credentials.resolve(spec.effective, os.environ, play.secrets_dir, required=False)
-        result = play.run({**server_extravars(spec), **stored}, [*spec.secrets(), *stored.values()])
+        result = play.run({**server_extravars(spec, args), **stored}, [*spec.secrets(), *stored.values()])
     require_hosts(result, resolved, args)
     print(status.as_json(result) if args.json else status.table(result), flush=True)
     code = exit_code(result)

@@ -19,7 +19,8 @@ object and exits 0; the role decides.
   status --digest D --spec JSON --live JSON
       what `mlops-provision status` shows: the check's three parts each answered (asked for the
       same? changed on the host since? answers as verified?), what runs, since when, and the
-      last deploy: {"drift": [...], "unit": {...}, "health": ..., "version": ..., "ready": ...}
+      last deploy: {"drift": [...], "service": {...}, "health": ..., "version": ..., "ready": ...};
+      --digest - when this machine cannot compute it (no secrets)
 Any error means "not converged" / "not recorded", never a failed deploy.
 
 The spec: {"record": path, "files": [path or glob ...] (content, mode, owner; directories
@@ -248,7 +249,10 @@ def status(args: argparse.Namespace) -> dict[str, Any]:
     if not record:
         drift.append("no record of a finished deploy")
     else:
-        if record.get("digest") != args.digest:
+        if args.digest == "-":
+            drift.append("cannot compare with the configuration: this machine does not have the realm's admin "
+                         "password and secret key (deploy from here once, or bring the secrets store)")
+        elif record.get("digest") != args.digest:
             drift.append("the configuration asks for something else than the last deploy")
         changed = changed_since(record, spec)
         if changed:
@@ -331,7 +335,7 @@ def main() -> int:
         result = {"check": check, "status": status, "record": record}[args.command](args)
     except Exception as err:  # noqa: BLE001 - any doubt means the full deploy, never a failed one
         key = {"check": "converged", "status": "error", "record": "recorded"}[args.command]
-        result = {key: False, "reason": f"{type(err).__name__}: {err}"}
+        result = {key: args.command == "status", "reason": f"{type(err).__name__}: {err}"}
     print(json.dumps(result))
     return 0
 
