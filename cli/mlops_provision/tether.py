@@ -19,13 +19,19 @@ Two kernel requests close that (PR_SET_PDEATHSIG: a signal when the parent dies)
 For that the hook must live inside ansible-playbook, so when the script belongs to this
 interpreter's bin directory it runs in this process (`runpy`); another interpreter's script is
 exec'd with the first request only. Linux only; elsewhere it just runs the command.
+
+Running in this process also lets the module payloads outlive the run (`_keep_module_payloads`).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
+import hashlib
 import os
 import runpy
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -82,6 +88,60 @@ def _same_interpreter(script: str) -> bool:
     return Path(interpreter).parent == Path(sys.executable).parent and "python" in Path(interpreter).name
 
 
+def _payload_cache() -> Path | None:
+    """This user's directory of AnsiballZ payloads for this ansible-core install, or None when
+    it is not private to this user (ansible unpickles what it finds there)."""
+    import ansible
+
+    from mlops_provision import paths
+
+    install = hashlib.sha256(f"{ansible.__file__}|{sys.version}".encode()).hexdigest()[:12]
+    path = paths.cache_dir() / "ansiballz" / f"{ansible.__version__}-{install}"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for d in (path.parent, path):
+        st = d.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return None
+    return path
+
+
+def _keep_module_payloads() -> None:
+    """Seed this run's AnsiballZ cache with the payloads earlier runs built, and keep the new
+    ones when the run ends.
+
+    ansible-playbook zips each module with the module_utils it imports (found by compiling and
+    walking their source) once per run, into a temporary directory it removes at exit: about
+    2 CPU-seconds of every deploy on a 2-core control node, the same zip files every time. A
+    payload depends only on the module's and ansible-core's source (the arguments are added
+    later), so the directory is keyed by the ansible-core install."""
+    try:
+        import ansible.cli  # noqa: F401 - what ansible-playbook imports first: locale, config, its temp dir
+        from ansible import constants
+
+        kept = _payload_cache()
+    except (ImportError, OSError):
+        return  # the script reports a broken install itself
+    if kept is None:
+        return
+    run = Path(constants.DEFAULT_LOCAL_TMP) / "ansiballz_cache"
+    with contextlib.suppress(OSError):
+        run.mkdir(parents=True, exist_ok=True)
+        for payload in kept.iterdir():
+            if not payload.name.endswith((".lock", "-part", ".tmp")):
+                shutil.copyfile(payload, run / payload.name)
+
+    def keep() -> None:  # registered after ansible's cleanup of its temp dir, so it runs first
+        with contextlib.suppress(OSError):
+            for payload in run.iterdir():
+                if payload.name.endswith((".lock", "-part")) or (kept / payload.name).exists():
+                    continue
+                part = kept / f"{payload.name}.{os.getpid()}.tmp"
+                shutil.copyfile(payload, part)
+                os.replace(part, kept / payload.name)
+
+    atexit.register(keep)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or not argv[0].isdigit():
         print("usage: python -m mlops_provision.tether PARENT_PID COMMAND [ARGS...]", file=sys.stderr)
@@ -94,6 +154,8 @@ def main(argv: list[str]) -> int:
         _tether_forks(prctl)
         sys.argv = command
         sys.path[0] = os.path.dirname(os.path.abspath(command[0]))  # as when the script runs itself
+        if Path(command[0]).name.startswith("ansible"):
+            _keep_module_payloads()
         runpy.run_path(command[0], run_name="__main__")  # ends by SystemExit with its exit code
         return 0
     os.execvp(command[0], command)  # noqa: S606 - the command line is ours (runner.run)

@@ -34,10 +34,11 @@ os.environ["MLOPS_PROVISION_HOME"] = tempfile.mkdtemp(prefix="mlops-e2e-state-")
 SHARED_STATE = tempfile.mkdtemp(prefix="mlops-e2e-shared-state-")
 # Another name lets a module run beside a full run (which uses the default) on the same machine.
 SHARED_SANDBOX = os.environ.get("MLOPS_E2E_SHARED_SANDBOX", "e2e-debian12")
-# Modules whose subject is not the server's defaults (stores, backends, upgrades, backups) deploy
-# with 2 uvicorn workers: each start then costs about half the CPU on these 2-core machines.
-# The shared-server modules prove the defaults (4 workers).
-LEAN = ("--workers", "2")
+# Modules whose subject is not the server's defaults (stores, backends, upgrades, backups,
+# firewalls, installs) deploy with 1 uvicorn worker: MLflow's command and uvicorn each import
+# the server (about 4 CPU-s apiece on these 2-core machines), and each worker one more, so a
+# start costs 2 imports instead of 5. The shared-server modules prove the defaults (4 workers).
+LEAN = ("--workers", "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

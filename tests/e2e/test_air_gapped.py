@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from scripts.benchlib import http_ok
 
-from tests.e2e.conftest import VM, cli
+from tests.e2e.conftest import LEAN, VM, cli
 
 pytestmark = pytest.mark.e2e
 E2E_LANE = "shared"  # scripts/e2e_lanes.sh: evens out the lanes
@@ -53,7 +53,7 @@ def test_index_install_fails_fast_naming_the_index_and_the_wheelhouse(vm: VM) ->
 
 
 def test_the_wheelhouse_deploys_with_no_network(vm: VM) -> None:
-    proc = cli("deploy", "--host", vm.name)
+    proc = cli("deploy", "--host", vm.name, *LEAN)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert vm.sh("systemctl is-active mlflow.service").strip() == "active"
     assert http_ok(vm.url + "/health")

@@ -22,7 +22,7 @@ import pytest
 from scripts.benchlib import http_ok, wait_for
 
 from tests.conftest import ROOT
-from tests.e2e.conftest import VM, cli, ensure_deployed, places_where_secrets_must_not_be
+from tests.e2e.conftest import LEAN, VM, cli, ensure_deployed, places_where_secrets_must_not_be
 
 pytestmark = pytest.mark.e2e
 E2E_LANE = "shared"  # scripts/e2e_lanes.sh: evens out the lanes
@@ -100,7 +100,7 @@ def _listening(port: int) -> bool:
 
 
 def deploy(vm: VM, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = cli("deploy", "--host", vm.name, "--install-method", "index", *args)
+    proc = cli("deploy", "--host", vm.name, *LEAN, "--install-method", "index", *args)
     OUTPUTS.append(proc.stdout + proc.stderr)
     return proc
 

@@ -21,15 +21,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CLI
-from tests.e2e.conftest import LEAN, VM, admin_env, cli, mlflow_client, places_where_secrets_must_not_be
+from tests.e2e.conftest import VM, admin_env, cli, mlflow_client, places_where_secrets_must_not_be
 
 pytestmark = pytest.mark.e2e
+# 2 workers, not conftest.LEAN: the connection-budget test counts two processes' pools.
+TWO_WORKERS = ("--workers", "2")
 E2E_LANE = "shared"  # scripts/e2e_lanes.sh: in the shared-server modules' session, evening out the lanes
 OUTPUTS: list[str] = []  # every CLI output of this module, checked for the password at the end
 
 
 def deploy(vm: VM, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = cli("deploy", "--host", vm.name, *LEAN, *args)
+    proc = cli("deploy", "--host", vm.name, *TWO_WORKERS, *args)
     OUTPUTS.append(proc.stdout + proc.stderr)
     return proc
 
@@ -137,7 +139,7 @@ MlflowClient().delete_registered_model("pg-model")
 print(json.dumps({{}}))
 """, admin_env(vm))
     assert _model_versions(vm) == "0"
-    proc = cli("restore", "--host", vm.name, *LEAN, "--from", archive, "--force", "--backend", "postgresql")
+    proc = cli("restore", "--host", vm.name, *TWO_WORKERS, "--from", archive, "--force", "--backend", "postgresql")
     OUTPUTS.append(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "  restored   2 experiments, 1 runs, 1 registered models, 1 users, 0 artifact files (0.0 MB); " \
@@ -227,7 +229,7 @@ def test_bad_credentials_fail_preflight_and_the_old_server_keeps_serving(vm: VM,
 def test_external_uri_from_the_controller_environment(vm: VM) -> None:
     """The same database given as an external URI: nothing but the env file's form changes."""
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": f"postgresql://mlflow:{password(vm)}@127.0.0.1:5432/mlflow"}
-    proc = subprocess.run([CLI, "deploy", "--host", vm.name, *LEAN], capture_output=True, text=True, env=env,
+    proc = subprocess.run([CLI, "deploy", "--host", vm.name, *TWO_WORKERS], capture_output=True, text=True, env=env,
                           timeout=900)
     OUTPUTS.append(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -66,49 +66,49 @@ def test_check_on_a_bare_host_plans_and_stores_nothing(vm: VM, private_state: Pa
 
 
 def test_first_deploy(vm: VM) -> None:
-    proc = cli("deploy", "--host", vm.name, "--workers", "3")
+    proc = cli("deploy", "--host", vm.name, "--workers", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    converged(vm, "3")
+    converged(vm, "2")
 
 
 def test_killed_after_the_env_file_was_rendered_converges(vm: VM) -> None:
     pid = vm.main_pid()
     rc, _, _, _ = deploy_until(vm, r"Configure \| Render the basic-auth configuration", signal.SIGKILL,
-                               "--workers", "2")
+                               "--workers", "1")
     assert rc == -signal.SIGKILL
-    # The file says 2, the process still runs 3: the state the next run must notice.
-    assert 'MLFLOW_WORKERS="2"' in vm.sh("cat /etc/mlflow/mlflow.env")
-    assert vm.main_pid() == pid and process_env(vm)["MLFLOW_WORKERS"] == "3"
-    proc = cli("deploy", "--host", vm.name, "--workers", "2")
+    # The file says 1, the process still runs 2: the state the next run must notice.
+    assert 'MLFLOW_WORKERS="1"' in vm.sh("cat /etc/mlflow/mlflow.env")
+    assert vm.main_pid() == pid and process_env(vm)["MLFLOW_WORKERS"] == "2"
+    proc = cli("deploy", "--host", vm.name, "--workers", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "restarted  yes: configuration written after the server started (an interrupted deploy)" in proc.stdout
     assert changed(proc.stdout) > 0
-    converged(vm, "2")
+    converged(vm, "1")
 
 
 def test_killed_after_current_switched_converges(vm: VM) -> None:
     running = vm.process_venv()
-    rc, _, _, _ = deploy_until(vm, r"Service \| Reset the start limit", signal.SIGKILL, "--workers", "2", "-e", SIX)
+    rc, _, _, _ = deploy_until(vm, r"Service \| Reset the start limit", signal.SIGKILL, "--workers", "1", "-e", SIX)
     assert rc == -signal.SIGKILL
     switched = vm.sh("readlink -f /opt/mlflow/current").strip()
     assert switched != running and vm.process_venv() == running  # the old venv still runs
-    proc = cli("deploy", "--host", vm.name, "--workers", "2", "-e", SIX)
+    proc = cli("deploy", "--host", vm.name, "--workers", "1", "-e", SIX)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"restarted  yes: MLflow 3\.17\.2 -> 3\.17\.2 \(new venv\)", proc.stdout), proc.stdout
-    converged(vm, "2")
+    converged(vm, "1")
     assert vm.process_venv() == switched
     assert vm.sh(f"test -x {running}/bin/python && echo kept").strip() == "kept"  # rollback target kept
 
 
 def test_interrupted_during_the_restart_says_so_and_converges(vm: VM) -> None:
-    rc, out, err, after = deploy_until(vm, r"Verify \| Wait for /health", signal.SIGINT, "--workers", "3", "-e", SIX)
+    rc, out, err, after = deploy_until(vm, r"Verify \| Wait for /health", signal.SIGINT, "--workers", "2", "-e", SIX)
     assert rc == 130, out + err
     assert re.search(r"interrupted during Verify \(task \d+: Verify \| Wait for /health", err), err
     assert ": deployed" not in out and "up to date" not in out
     assert after < 30, f"Ctrl-C took {after:.0f} s to end the run"
-    proc = cli("deploy", "--host", vm.name, "--workers", "3", "-e", SIX)
+    proc = cli("deploy", "--host", vm.name, "--workers", "2", "-e", SIX)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    converged(vm, "3")
+    converged(vm, "2")
     # The run after a converging one is changed=0: test_the_cli_works_called_by_its_full_path...
 
 
@@ -131,7 +131,7 @@ def cli_as(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_second_deploy_meets_the_lock_and_names_the_holder(vm: VM, second_operator: dict[str, str]) -> None:
-    first = subprocess.Popen([CLI, "deploy", "--host", vm.name, "--workers", "2", "-e", SIX],
+    first = subprocess.Popen([CLI, "deploy", "--host", vm.name, "--workers", "1", "-e", SIX],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert first.stderr is not None
     for line in first.stderr:  # wait until the first one holds the lock
@@ -148,14 +148,14 @@ def test_a_second_deploy_meets_the_lock_and_names_the_holder(vm: VM, second_oper
         other.stdout
     assert "Nothing was changed." in other.stdout
     assert waited < 60
-    converged(vm, "2")  # only the first deploy's settings are live
+    converged(vm, "1")  # only the first deploy's settings are live
 
 
 def test_a_second_control_node_without_state_takes_the_password_from_the_host(
         vm: VM, second_operator: dict[str, str]) -> None:
     pid = vm.main_pid()
     proc = cli_as(second_operator, "deploy", "-i", second_operator["INVENTORY"], "--host", vm.name,
-                  "--workers", "2", "-e", SIX)
+                  "--workers", "1", "-e", SIX)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert vm.main_pid() == pid, "a deploy without the state directory restarted the server"
     ours = cli("user", "admin-password", "--host", vm.name).stdout.strip()
@@ -172,7 +172,7 @@ def test_a_port_held_by_another_program_is_refused_with_nothing_stopped(vm: VM) 
     try:
         pid = vm.main_pid()
         started = time.monotonic()
-        proc = cli("deploy", "--host", vm.name, "--port", "5001", "--workers", "2", "-e", SIX)
+        proc = cli("deploy", "--host", vm.name, "--port", "5001", "--workers", "1", "-e", SIX)
         took = time.monotonic() - started
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert re.search(r"Port 5001 on \S+ is taken by another program: python3 \(pid \d+, user root: "
@@ -187,7 +187,7 @@ def test_the_cli_works_called_by_its_full_path_with_nothing_else_on_path(vm: VM)
     """Also the plain re-run after the converging ones above: changed=0, no restart."""
     pid = vm.main_pid()
     env = {k: v for k, v in os.environ.items() if k != "PATH"}
-    proc = subprocess.run([CLI, "deploy", "--host", vm.name, "--workers", "2", "-e", SIX], capture_output=True,
+    proc = subprocess.run([CLI, "deploy", "--host", vm.name, "--workers", "1", "-e", SIX], capture_output=True,
                           text=True, timeout=900, env={**env, "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert changed(proc.stdout) == 0 and vm.main_pid() == pid
@@ -200,7 +200,7 @@ def test_removing_a_user_that_does_not_exist_says_so(vm: VM) -> None:
 
 
 def test_a_host_that_stops_answering_fails_as_unreachable_in_bounded_time(vm: VM) -> None:
-    proc = subprocess.Popen([CLI, "deploy", "--host", vm.name, "--workers", "3", "-e", SIX],
+    proc = subprocess.Popen([CLI, "deploy", "--host", vm.name, "--workers", "2", "-e", SIX],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:

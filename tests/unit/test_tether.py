@@ -137,3 +137,45 @@ def test_a_worker_forked_after_its_parent_died_ends_at_once(tmp_path: Path) -> N
                           env={**os.environ, "MLOPS_PROVISION_TEST_RUN": run_id})
     assert proc.stdout.strip() == "143", proc.stdout + proc.stderr
     assert time.monotonic() - began < 10
+
+
+PLAYBOOK = """\
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - ansible.builtin.stat:
+        path: /
+"""
+
+
+def _tethered_playbook(tmp_path: Path, cache: Path) -> str:
+    """Run a one-task playbook through the tether with ansible's debug output; return it."""
+    (tmp_path / "play.yml").write_text(PLAYBOOK)
+    ansible_playbook = str(Path(sys.executable).with_name("ansible-playbook"))
+    proc = subprocess.run([sys.executable, "-m", "mlops_provision.tether", str(os.getpid()), ansible_playbook,
+                           "-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
+                           str(tmp_path / "play.yml")],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MLOPS_PROVISION_CACHE": str(cache), "ANSIBLE_DEBUG": "1",
+                               "ANSIBLE_LOCAL_TEMP": str(tmp_path / "local-tmp")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def test_module_payloads_outlive_the_run_and_the_next_run_uses_them(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = _tethered_playbook(tmp_path, cache)
+    assert "ANSIBALLZ: Creating module" in first
+    kept = list((cache / "ansiballz").glob("*/ansible.modules.stat-*"))
+    assert len(kept) == 1, list(cache.rglob("*"))
+    second = _tethered_playbook(tmp_path, cache)
+    assert "ANSIBALLZ: using cached module" in second and "ANSIBALLZ: Creating module" not in second
+    assert not list((tmp_path / "local-tmp").iterdir())  # ansible still removed its run's directory
+
+
+def test_module_payloads_are_not_taken_from_a_directory_others_can_write(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    _tethered_playbook(tmp_path, cache)
+    (cache / "ansiballz").chmod(0o777)  # another user could have planted a pickle there
+    out = _tethered_playbook(tmp_path, cache)
+    assert "ANSIBALLZ: Creating module" in out and "ANSIBALLZ: using cached module" not in out
