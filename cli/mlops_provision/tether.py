@@ -111,9 +111,11 @@ def _keep_module_payloads() -> None:
 
     ansible-playbook zips each module with the module_utils it imports (found by compiling and
     walking their source) once per run, into a temporary directory it removes at exit: about
-    2 CPU-seconds of every deploy on a 2-core control node, the same zip files every time. A
+    3 CPU-seconds of every deploy on a 2-core control node, the same zip files every time. A
     payload depends only on the module's and ansible-core's source (the arguments are added
-    later), so the directory is keyed by the ansible-core install."""
+    later), so the directory is keyed by the ansible-core install. A run killed before its end
+    saves nothing; a payload is saved under a temporary name and renamed, and seeding skips
+    temporary names, so no run reads half of one."""
     try:
         import ansible.cli  # noqa: F401 - what ansible-playbook imports first: locale, config, its temp dir
         from ansible import constants
