@@ -61,9 +61,10 @@ def start_seaweedfs(container: str, address: str, secret: str) -> None:
 
 
 def write_inventory(path: Path, *, db: str, servers: list[str], lb: str, addresses: dict[str, str], subnet: str,
-                    secret: str, host_vars: Callable[[str], dict[str, Any]], **all_vars: Any) -> None:
+                    secret: str, host_vars: Callable[[str], dict[str, Any]], lb_vars: dict[str, Any] | None = None,
+                    **all_vars: Any) -> None:
     """The fleet's inventory: the names are sandbox names, addresses are on the podman network;
-    host_vars(name) gives a sandbox's connection variables."""
+    host_vars(name) gives a sandbox's connection variables, lb_vars the load balancer's own."""
     db_address = addresses[db]
     path.write_text(yaml.safe_dump({"all": {
         "vars": {
@@ -82,7 +83,7 @@ def write_inventory(path: Path, *, db: str, servers: list[str], lb: str, address
                                          "mlflow_postgresql_allowed_clients": [subnet]}}},
             "mlflow_servers": {"hosts": {name: {**host_vars(name), "mlflow_lb_backend_address": addresses[name]}
                                          for name in servers}},
-            "mlflow_lb": {"hosts": {lb: host_vars(lb)}},
+            "mlflow_lb": {"hosts": {lb: {**host_vars(lb), **(lb_vars or {})}}},
         },
     }}))
 

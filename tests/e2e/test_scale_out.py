@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -50,6 +51,7 @@ class Fleet:
     net: PodmanNetwork
     inventory: Path
     vms: dict[str, VM]
+    lb_vars: dict[str, object] = dataclasses.field(default_factory=dict)
 
     def pin(self, version: str) -> None:
         """Write the inventory for this MLflow release."""
@@ -63,7 +65,7 @@ class Fleet:
         addresses = {vm.name: self.net.addresses[vm.container] for vm in self.vms.values()}
         write_inventory(self.inventory, db=self.db.name, servers=[vm.name for vm in self.servers], lb=self.lb.name,
                         addresses=addresses, subnet=str(self.net.subnet), secret=S3_SECRET, host_vars=host_vars,
-                        mlflow_version=version, mlflow_metrics=True,
+                        lb_vars=self.lb_vars, mlflow_version=version, mlflow_metrics=True,
                         # 2, not 1: one worker's pools (5 + 5 per store) ran dry with 16 clients on one server
                         # during the migration window (QueuePool timeouts after 30 s, surfaced as 400s)
                         mlflow_workers=2)
@@ -387,6 +389,74 @@ def test_an_upgrade_that_migrates_the_schema_rolls_under_load_and_stops_every_se
     # Both were out at once (stopped for the migration), and both are back.
     assert any(all(v.startswith("MAINT") for v in s.values()) for s in states), states[-20:]
     assert fleet.lb_servers() == {vm.name: "UP" for vm in fleet.servers}
+
+
+def test_tls_on_the_load_balancer_serves_https_alone_and_leaves_the_servers_running(fleet: Fleet) -> None:
+    """mlflow_tls on the load balancer: HAProxy serves HTTPS with a certificate made on it for its
+    names (fetched for clients to trust), sends plain HTTP there, no longer listens on 5000,
+    and the servers behind it keep running (their configuration did not change)."""
+    from mlops_provision import paths
+    from mlops_provision.sandbox import machines
+
+    pids = {vm.name: vm.main_pid() for vm in fleet.servers}
+    fleet.lb_vars = {"mlflow_tls": "self-signed"}
+    fleet.pin(NEW)
+    proc = fleet.deploy("-e", "mlflow_auth_cache_ttl_sec=25")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert {vm.name: vm.main_pid() for vm in fleet.servers} == pids
+    box = machines.load(fleet.lb.name)
+    assert box is not None
+    url = f"https://127.0.0.1:{box.https_port}"  # the sandbox publishes the load balancer's 443 there
+    lb_block = proc.stdout.split(f"{fleet.lb.name}: deployed")[1]
+    assert f"  URL        {url}  (load balancer: HAProxy)" in lb_block
+    assert "  health     OK" in lb_block
+    ca = paths.state_dir() / "tls" / f"{fleet.lb.name}.crt"
+    assert ca.read_text() == fleet.lb.sh("cat /etc/mlflow/tls/mlflow.crt")
+    assert fleet.lb.sh("stat -c '%a %U' /etc/mlflow/tls/mlflow.key").strip() == "600 root"
+    # The real client through HTTPS, trusting the fetched certificate only.
+    code = """
+import sys, mlflow
+from mlflow import MlflowClient
+mlflow.set_tracking_uri(sys.argv[1])
+mlflow.set_experiment("over-tls")
+with mlflow.start_run() as run:
+    mlflow.log_metric("acc", 0.75)
+print(MlflowClient().get_run(run.info.run_id).data.metrics["acc"])
+"""
+    env = {**os.environ, **admin(fleet), **PROXY_ONLY, "MLFLOW_TRACKING_SERVER_CERT_PATH": str(ca)}
+    logged = subprocess.run([str(Path(CLI).with_name("python")), "-c", code, url], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert logged.returncode == 0, logged.stderr[-3000:]
+    assert logged.stdout.strip().splitlines()[-1] == "0.75"
+    # On the host (no curl there): plain HTTP answers only with a redirect to the same path on
+    # HTTPS, HAProxy refuses TLS 1.1 (the client allows it, the server answers with an alert),
+    # and port 5000 is closed.
+    probe = """
+import http.client, socket, sys
+c = http.client.HTTPConnection("127.0.0.1", 80, timeout=10)
+c.request("GET", "/api/2.0/mlflow/experiments/search?max_results=1")
+r = c.getresponse()
+print(r.status, r.getheader("Location"))
+try:
+    socket.create_connection(("127.0.0.1", 5000), timeout=5)
+    print("5000 open")
+except ConnectionRefusedError:
+    print("5000 closed")
+"""
+    answer = fleet.lb.sh(f"python3 -c '{probe}'").splitlines()
+    assert answer == ["301 https://127.0.0.1/api/2.0/mlflow/experiments/search?max_results=1", "5000 closed"], answer
+    old_tls = fleet.lb.sh("echo | openssl s_client -connect 127.0.0.1:443 -tls1_1 -cipher DEFAULT@SECLEVEL=0 2>&1",
+                          check=False)
+    assert "alert protocol version" in old_tls, old_tls
+    # A second deploy changes nothing: the same certificate, and HAProxy not reloaded (a reload
+    # replaces the master's worker).
+    cert = ca.read_text()
+    workers = "pgrep -P $(systemctl show -p MainPID --value haproxy.service)"
+    worker = fleet.lb.sh(workers)
+    again = fleet.deploy("-e", "mlflow_auth_cache_ttl_sec=25")
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert ca.read_text() == cert
+    assert fleet.lb.sh(workers) == worker
 
 
 def test_the_s3_keys_never_show_in_the_output(fleet: Fleet) -> None:

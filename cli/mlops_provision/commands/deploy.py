@@ -102,6 +102,15 @@ def _source_admin_password(restore_from: tuple[Path | str, dict[str, Any]] | Non
     return password or ""
 
 
+def _trusted_ca(tls_dir: Path, name: str, tls: str) -> str:
+    """The CA file a client of NAME needs: a self-signed certificate as fetched from the host;
+    for a provided one the system's CAs (""), or MLflow's own client variable for a private CA."""
+    ca = tls_dir / f"{name}.crt"
+    if tls == "self-signed" and ca.is_file():
+        return str(ca)
+    return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", "") if tls else ""
+
+
 def _check_health(args: argparse.Namespace, result: RunResult, resolved: Targets, tls_dir: Path, carried: str,
                   secrets_dir: Path) -> tuple[dict[str, str], dict[str, Report]]:
     """Record where each deployed host answers and check its health, logging in with the
@@ -115,11 +124,7 @@ def _check_health(args: argparse.Namespace, result: RunResult, resolved: Targets
         dep = host.deployment
         if dep is None or host.failed or args.check:  # --check and failures change nothing to record
             continue
-        ca = tls_dir / f"{name}.crt"
-        # A self-signed certificate is trusted as fetched; a provided one through the system's
-        # CAs, or MLflow's own client variable for a private CA.
-        ca_file = (str(ca) if dep.tls == "self-signed" and ca.is_file()
-                   else os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", "") if dep.tls else "")
+        ca_file = _trusted_ca(tls_dir, name, dep.tls)
         endpoint = endpoints.record(name, resolved.url(name, dep.port, dep.scheme),
                                     {"auth_user": dep.auth_user, "auth_realm": dep.auth_realm,
                                      "auth_cache_ttl": dep.auth_cache_ttl}, ca_file)
@@ -136,8 +141,10 @@ def _check_health(args: argparse.Namespace, result: RunResult, resolved: Targets
         port = int(host.load_balancer.get("port") or 5000)
         auth = {"auth_user": realm.auth_user, "auth_realm": realm.auth_realm,
                 "auth_cache_ttl": realm.auth_cache_ttl} if realm is not None else {}
-        endpoint = endpoints.record(name, resolved.url(name, port), auth)
+        ca_file = _trusted_ca(tls_dir, name, str(host.load_balancer.get("tls") or ""))
+        endpoint = endpoints.record(name, resolved.url(name, port, str(host.load_balancer.get("scheme") or "http")),
+                                    auth, ca_file)
         urls[name] = endpoint.url
-        access = health_mod.Access(endpoint.auth_user, endpoint.password(secrets_dir) or "", "")
+        access = health_mod.Access(endpoint.auth_user, endpoint.password(secrets_dir) or "", ca_file)
         reports[name] = health_mod.check(endpoint.url, timeout=5, access=access)
     return urls, reports
