@@ -52,6 +52,7 @@ class Fleet:
     inventory: Path
     vms: dict[str, VM]
     lb_vars: dict[str, object] = dataclasses.field(default_factory=dict)
+    server_vars: dict[str, object] = dataclasses.field(default_factory=dict)
 
     def pin(self, version: str) -> None:
         """Write the inventory for this MLflow release."""
@@ -68,7 +69,7 @@ class Fleet:
                         lb_vars=self.lb_vars, mlflow_version=version, mlflow_metrics=True,
                         # 2, not 1: one worker's pools (5 + 5 per store) ran dry with 16 clients on one server
                         # during the migration window (QueuePool timeouts after 30 s, surfaced as 400s)
-                        mlflow_workers=2)
+                        mlflow_workers=2, **self.server_vars)
 
     def address(self, vm: VM) -> str:
         return self.net.addresses[vm.container]
@@ -460,6 +461,54 @@ except ConnectionRefusedError:
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert ca.read_text() == cert
     assert fleet.lb.sh(workers) == worker
+
+
+def test_an_allowlist_on_the_servers_admits_the_load_balancers_and_no_one_else(fleet: Fleet) -> None:
+    """--allow-from on servers behind a load balancer: their firewall admits the load balancer's
+    addresses too (its health checks and the requests it forwards come from them), so both stay
+    in the pool, while another host on the same network is dropped."""
+    from mlops_provision import paths
+    from mlops_provision.sandbox import machines
+
+    drop_policy = ("nft -f - <<'EOF'\n"
+                   "table inet filter {\n chain input {\n  type filter hook input priority 0; policy drop;\n"
+                   "  ct state established,related accept\n  iif lo accept\n  tcp dport 22 accept\n }\n}\nEOF")
+    probe = ("python3 -c 'import socket,sys\ntry:\n    socket.create_connection((sys.argv[1], 5000), timeout=5)"
+             "\n    print(\"open\")\nexcept OSError as e:\n    print(type(e).__name__)' ")
+    try:
+        for vm in fleet.servers:  # a host firewall like many servers have: drop by default, SSH allowed
+            vm.sh("apt-get update -q >/dev/null"
+                  " && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null")
+            vm.sh(drop_policy)
+        fleet.server_vars = {"mlflow_allow_from": ["192.0.2.0/24"]}  # a network no host here is in
+        fleet.pin(NEW)
+        proc = fleet.deploy("-e", "mlflow_auth_cache_ttl_sec=25")
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        lb_address = fleet.address(fleet.lb)
+        for vm in fleet.servers:
+            block = proc.stdout.split(f"{vm.name}: deployed")[1]
+            line = next(x for x in block.splitlines() if x.startswith("  firewall "))
+            assert line.startswith("  firewall   port 5000 open only to 192.0.2.0/24, "), line
+            assert f"{lb_address}/32" in line and line.endswith("(nftables)"), line
+            rules = [r for r in vm.sh("nft list chain inet filter input").splitlines() if "dport 5000 accept" in r]
+            assert any(lb_address in r and "192.0.2.0/24" in r for r in rules), rules
+            # The database host, on the same network but not in the allowlist, is dropped.
+            assert fleet.db.sh(probe + fleet.address(vm)).strip() == "TimeoutError"
+        assert _wait_lb(fleet, "UP") == {vm.name: "UP" for vm in fleet.servers}
+        # Through the load balancer (HTTPS since the last test) with the fetched certificate.
+        box = machines.load(fleet.lb.name)
+        assert box is not None
+        answer = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u",
+                                 ":".join(admin(fleet).values()), "--cacert",
+                                 str(paths.state_dir() / "tls" / f"{fleet.lb.name}.crt"),
+                                 f"https://127.0.0.1:{box.https_port}/api/2.0/mlflow/experiments/search?max_results=1"],
+                                capture_output=True, text=True)
+        assert answer.stdout == "200", answer
+    finally:
+        fleet.server_vars = {}
+        fleet.pin(NEW)
+        for vm in fleet.servers:
+            vm.sh("nft delete table inet filter", check=False)
 
 
 def test_the_s3_keys_never_show_in_the_output(fleet: Fleet) -> None:

@@ -331,6 +331,25 @@ def test_allowed_hosts() -> None:
     assert d.allowed_hosts(explicit, names) is explicit  # as given, not extended
 
 
+def test_the_allowlist_admits_every_address_of_each_load_balancer() -> None:
+    lbs = {"lb1": {"all_ipv4_addresses": ["10.89.0.5", "192.168.1.5"],
+                   "all_ipv6_addresses": ["fe80::1", "FE80::2", "2001:db8::5"]},
+           "lb2": {"all_ipv4_addresses": ["10.89.0.6"], "all_ipv6_addresses": []}}
+    assert d.allow_from(["10.0.0.0/8"], lbs) == [
+        "10.0.0.0/8", "10.89.0.5/32", "192.168.1.5/32", "2001:db8::5/128", "10.89.0.6/32"]
+    assert d.allow_from(["10.89.0.5/32"], {"lb2": lbs["lb2"]}) == ["10.89.0.5/32", "10.89.0.6/32"]
+
+
+def test_without_an_allowlist_the_port_stays_open_to_everyone() -> None:
+    assert d.allow_from([], {"lb1": {"all_ipv4_addresses": ["10.89.0.5"]}}) == []
+    assert d.allow_from(["10.0.0.0/8"], {}) == ["10.0.0.0/8"]
+
+
+def test_a_load_balancer_of_unknown_address_is_an_error_not_a_silent_lockout() -> None:
+    with pytest.raises(ValueError, match="the addresses of load balancer lb1 are not known"):
+        d.allow_from(["10.0.0.0/8"], {"lb1": {"all_ipv4_addresses": [], "all_ipv6_addresses": ["fe80::1"]}})
+
+
 # --- realms: servers sharing one database ---------------------------------------------------------
 
 REALM_DEFAULTS = {

@@ -403,6 +403,24 @@ def allowed_hosts(explicit: Sequence[str], names: Sequence[str]) -> Sequence[str
     return explicit if len(explicit) > 0 else with_any_port(names)
 
 
+def allow_from(allow: Sequence[str], lb_facts: Mapping[str, Any]) -> list[str]:
+    """The sources a server's firewall admits: the operator's allowlist and, when there is one,
+    every address of each load balancer in front of it (lb_facts: name -> its gathered facts;
+    their health checks and forwarded requests come from those). Without an allowlist the port
+    is open to everyone, load balancers included. A load balancer whose addresses are unknown is
+    an error: a firewall that shut it out would take the server out of the pool silently."""
+    if not allow:
+        return []
+    found = list(allow)
+    for name, facts in lb_facts.items():
+        v4 = list((facts or {}).get("all_ipv4_addresses") or [])
+        v6 = [a for a in (facts or {}).get("all_ipv6_addresses") or [] if not a.lower().startswith("fe80:")]
+        if not v4 and not v6:
+            raise ValueError(f"the addresses of load balancer {name} are not known (its facts were not gathered)")
+        found += [f"{a}/32" for a in v4] + [f"{a}/128" for a in v6]
+    return list(dict.fromkeys(found))
+
+
 FILTERS: Mapping[str, Any] = {
     "mlflow_min_safe_version": min_safe_version,
     "mlflow_managed_postgresql": managed_postgresql,
@@ -423,6 +441,7 @@ FILTERS: Mapping[str, Any] = {
     "mlflow_store_env": store_env,
     "mlflow_listen_address": listen_address,
     "mlflow_with_any_port": with_any_port,
+    "mlflow_allow_from": allow_from,
     "mlflow_realms": realms,
     "mlflow_realm_problems": realm_problems,
     "mlflow_load_balancer_problems": load_balancer_problems,
