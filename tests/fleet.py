@@ -62,9 +62,10 @@ def start_seaweedfs(container: str, address: str, secret: str) -> None:
 
 def write_inventory(path: Path, *, db: str, servers: list[str], lb: str, addresses: dict[str, str], subnet: str,
                     secret: str, host_vars: Callable[[str], dict[str, Any]], lb_vars: dict[str, Any] | None = None,
-                    **all_vars: Any) -> None:
+                    server_host_vars: dict[str, dict[str, Any]] | None = None, **all_vars: Any) -> None:
     """The fleet's inventory: the names are sandbox names, addresses are on the podman network;
-    host_vars(name) gives a sandbox's connection variables, lb_vars the load balancer's own."""
+    host_vars(name) gives a sandbox's connection variables, lb_vars the load balancer's own,
+    server_host_vars one server's own (by name)."""
     db_address = addresses[db]
     path.write_text(yaml.safe_dump({"all": {
         "vars": {
@@ -81,7 +82,8 @@ def write_inventory(path: Path, *, db: str, servers: list[str], lb: str, address
             "mlflow_db": {"hosts": {db: {**host_vars(db),
                                          "mlflow_postgresql_listen_addresses": ["localhost", db_address],
                                          "mlflow_postgresql_allowed_clients": [subnet]}}},
-            "mlflow_servers": {"hosts": {name: {**host_vars(name), "mlflow_lb_backend_address": addresses[name]}
+            "mlflow_servers": {"hosts": {name: {**host_vars(name), "mlflow_lb_backend_address": addresses[name],
+                                                **(server_host_vars or {}).get(name, {})}
                                          for name in servers}},
             "mlflow_lb": {"hosts": {lb: {**host_vars(lb), **(lb_vars or {})}}},
         },

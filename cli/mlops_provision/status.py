@@ -22,8 +22,11 @@ def problems(status: dict[str, Any]) -> list[str]:
         servers = status.get("servers")
         if not isinstance(servers, list):
             return [*found, "no view of the servers (HAProxy's admin socket did not answer)"]
+        kept = set(status.get("kept_out") or [])  # mlflow_lb_maintenance: out on purpose
         found += [f"server {s.get('name')} is {s.get('status')} ({s.get('check') or 'no check yet'})"
-                  for s in servers if s.get("status") != "UP"]
+                  for s in servers if s.get("status") != "UP" and s.get("name") not in kept]
+        found += [f"server {s.get('name')} is {s.get('status')}, not in maintenance as mlflow_lb_maintenance asks"
+                  for s in servers if s.get("name") in kept and not str(s.get("status", "")).startswith("MAINT")]
         return found
     if "drift" not in status:  # the status script failed on the host
         return [f"could not be read: {status.get('reason', 'no answer')}"]
@@ -62,8 +65,10 @@ def row(name: str, host: HostResult) -> tuple[str, ...]:
     if st.get("kind") == "lb":
         servers: list[dict[str, Any]] = st["servers"] if isinstance(st.get("servers"), list) else []
         up = len([s for s in servers if s.get("status") == "UP"])
+        kept = len([s for s in servers if s.get("name") in (st.get("kept_out") or [])])
+        health = f"{up}/{len(servers)} UP" + (f", {kept} in maintenance" if kept else "")
         return (name, "lb", f"haproxy {st.get('version') or '?'}", str(st.get("state", "?")),
-                _uptime(st.get("uptime_s")), f"{up}/{len(servers)} UP", "-", "-", "-", drift)
+                _uptime(st.get("uptime_s")), health, "-", "-", "-", drift)
     service = st.get("service") or {}
     last = st.get("last_deploy") or {}
     deployed = _when(last.get("at")) + (f" ({last['version']})" if last.get("version") else "")

@@ -103,7 +103,9 @@ def deploy_summary(result: RunResult, urls: dict[str, str], health: dict[str, Re
 def _load_balancer_lines(name: str, lb: dict[str, Any], url: str, rep: Report | None) -> list[str]:
     """HAProxy in front of the servers (role mlflow_lb): the one URL, each server's state."""
     servers = lb.get("servers") or {}
-    states = ", ".join(f"{server} {state}" for server, state in sorted(servers.items())) or "none"
+    kept = lb.get("kept_out") or []
+    states = ", ".join(f"{server} {state}" + (" (mlflow_lb_maintenance)" if server in kept else "")
+                       for server, state in sorted(servers.items())) or "none"
     if rep is None:
         health_text = "not checked"
     elif rep.healthy:

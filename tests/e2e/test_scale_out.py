@@ -32,7 +32,16 @@ import pytest
 
 from tests.conftest import CLI
 from tests.e2e.conftest import VM, PodmanNetwork, cli, deploy_until, podman_network
-from tests.fleet import BUCKET, PROXY_ONLY, Load, lb_servers, posts_counted, start_seaweedfs, write_inventory
+from tests.fleet import (
+    BUCKET,
+    PROXY_ONLY,
+    Load,
+    lb_servers,
+    podman_exec,
+    posts_counted,
+    start_seaweedfs,
+    write_inventory,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +62,7 @@ class Fleet:
     vms: dict[str, VM]
     lb_vars: dict[str, object] = dataclasses.field(default_factory=dict)
     server_vars: dict[str, object] = dataclasses.field(default_factory=dict)
+    server_host_vars: dict[str, dict[str, object]] = dataclasses.field(default_factory=dict)
 
     def pin(self, version: str) -> None:
         """Write the inventory for this MLflow release."""
@@ -66,7 +76,8 @@ class Fleet:
         addresses = {vm.name: self.net.addresses[vm.container] for vm in self.vms.values()}
         write_inventory(self.inventory, db=self.db.name, servers=[vm.name for vm in self.servers], lb=self.lb.name,
                         addresses=addresses, subnet=str(self.net.subnet), secret=S3_SECRET, host_vars=host_vars,
-                        lb_vars=self.lb_vars, mlflow_version=version, mlflow_metrics=True,
+                        lb_vars=self.lb_vars, server_host_vars=self.server_host_vars, mlflow_version=version,
+                        mlflow_metrics=True,
                         # 2, not 1: one worker's pools (5 + 5 per store) ran dry with 16 clients on one server
                         # during the migration window (QueuePool timeouts after 30 s, surfaced as 400s)
                         mlflow_workers=2, **self.server_vars)
@@ -509,6 +520,41 @@ def test_an_allowlist_on_the_servers_admits_the_load_balancers_and_no_one_else(f
         fleet.pin(NEW)
         for vm in fleet.servers:
             vm.sh("nft delete table inet filter", check=False)
+
+
+def test_a_server_in_maintenance_stays_out_of_the_load_balancer_until_it_is_asked_back(fleet: Fleet) -> None:
+    """mlflow_lb_maintenance on one server: the load balancer drains it and keeps it out (across
+    a reload, and a deploy takes it out again after someone readied it by hand) while the server
+    itself is deployed and answers; `status` counts it as in maintenance, not as a problem; set
+    back to false, the next deploy puts it back."""
+    s1, s2 = fleet.servers
+    fleet.server_host_vars = {s2.name: {"mlflow_lb_maintenance": True}}
+    fleet.pin(NEW)
+    try:
+        proc = fleet.deploy("-e", "mlflow_auth_cache_ttl_sec=25")
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        lb_block = proc.stdout.split(f"{fleet.lb.name}: deployed")[1]
+        assert f"  servers    {s1.name} UP, {s2.name} MAINT (mlflow_lb_maintenance)" in lb_block
+        assert fleet.lb_servers() == {s1.name: "UP", s2.name: "MAINT"}
+        assert f"server {s2.name} {fleet.address(s2)}:5000 disabled" in fleet.lb.sh("cat /etc/haproxy/haproxy.cfg")
+        assert s2.sh("systemctl is-active mlflow.service").strip() == "active"
+        shown = cli("status", "-i", str(fleet.inventory))
+        assert shown.returncode == 0, shown.stdout + shown.stderr  # in order: out on purpose
+        lb_row = next(line for line in shown.stdout.splitlines() if line.startswith(fleet.lb.name + " "))
+        assert "1/2 UP, 1 in maintenance" in lb_row, shown.stdout
+        # Readied by hand: the next deploy takes it out again.
+        podman_exec(fleet.lb.container, f"/usr/local/sbin/mlflow-lb-servers ready {s2.name}")
+        assert _wait_lb(fleet, "UP") == {s1.name: "UP", s2.name: "UP"}
+        again = fleet.deploy("-e", "mlflow_auth_cache_ttl_sec=25")
+        assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+        assert fleet.lb_servers() == {s1.name: "UP", s2.name: "MAINT"}
+    finally:
+        fleet.server_host_vars = {}
+        fleet.pin(NEW)
+    back = fleet.deploy("-e", "mlflow_auth_cache_ttl_sec=25")
+    assert back.returncode == 0, back.stdout[-4000:] + back.stderr[-4000:]
+    assert fleet.lb_servers() == {s1.name: "UP", s2.name: "UP"}
+    assert "disabled" not in fleet.lb.sh("grep '^ *server ' /etc/haproxy/haproxy.cfg")
 
 
 def test_the_s3_keys_never_show_in_the_output(fleet: Fleet) -> None:

@@ -191,6 +191,27 @@ def test_ready_all_brings_back_what_a_killed_roll_left_out(haproxy: FakeHAProxy,
     assert rc == 0 and out["changed"] is False  # type: ignore[index]
 
 
+def test_ready_all_keeps_a_server_in_maintenance_on_purpose_out(haproxy: FakeHAProxy,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    haproxy.servers["s2"] = ("MAINT", 0)
+    rc, out = run(capsys, "--socket", haproxy.path, "ready-all", "--keep", "s2")
+    assert rc == 0
+    assert out == {"changed": False, "readied": [], "status": {"s1": "UP", "s2": "MAINT"}, "up": ["s1"],
+                   "kept_out": ["s2"]}
+    # Put back by hand (or by HAProxy's start): drained and taken out again.
+    haproxy.servers["s2"] = ("UP", 0)
+    rc, out = run(capsys, "--socket", haproxy.path, "ready-all", "--keep", "s2")
+    assert rc == 0 and out["changed"] is True  # type: ignore[index]
+    assert out["status"] == {"s1": "UP", "s2": "MAINT"}  # type: ignore[index]
+
+
+def test_ready_all_fails_when_only_kept_servers_are_left(haproxy: FakeHAProxy,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    haproxy.servers["s1"] = ("DOWN", 0)
+    rc, out = run(capsys, "--socket", haproxy.path, "ready-all", "--keep", "s2", "--timeout", "0.3")
+    assert rc == 1 and "no server is UP" in out["msg"]  # type: ignore[index,operator]
+
+
 def test_ready_all_fails_when_no_server_is_up(haproxy: FakeHAProxy, capsys: pytest.CaptureFixture[str]) -> None:
     haproxy.servers = {"s1": ("DOWN", 0), "s2": ("DOWN", 0)}
     rc, out = run(capsys, "--socket", haproxy.path, "ready-all", "--timeout", "0.3")

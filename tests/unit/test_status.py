@@ -60,6 +60,15 @@ def test_a_load_balancer_counts_its_servers_up_and_names_the_others() -> None:
         "no view of the servers (HAProxy's admin socket did not answer)"]
 
 
+def test_a_server_in_maintenance_on_purpose_is_no_problem_until_it_is_back_in() -> None:
+    kept = {**LB, "kept_out": ["s2"]}
+    assert status.problems(kept) == []
+    lines = status.table(_result(lb1=kept)).splitlines()
+    assert lines[1].split()[6:] == ["1/2", "UP,", "1", "in", "maintenance", "-", "-", "-", "none"]
+    back = {**kept, "servers": [{**row, "status": "UP"} for row in LB["servers"]]}  # type: ignore[attr-defined]
+    assert status.problems(back) == ["server s2 is UP, not in maintenance as mlflow_lb_maintenance asks"]
+
+
 def test_a_host_without_an_answer_is_not_in_order() -> None:
     result = _result(vm1=SERVER)
     lost = HostResult("vm2", unreachable=1, failures=["vm2: unreachable over SSH"])

@@ -241,6 +241,13 @@ def test_a_load_balancer_gives_the_one_url_and_each_servers_state() -> None:
                      "             (log in as on the servers: mlops-provision user admin-password --host lb1)"]
 
 
+def test_a_server_kept_out_on_purpose_is_named_so() -> None:
+    lb = HostResult("lb1", ok=12, load_balancer={"port": "5000", "servers": {"s1": "UP", "s2": "MAINT"},
+                                                 "kept_out": ["s2"], "health": "OK"})
+    text = summary.deploy_summary(_result(_host(), lb), {"vm1": URL, "lb1": "http://10.0.0.5:5000"}, HEALTHY)
+    assert "  servers    s1 UP, s2 MAINT (mlflow_lb_maintenance)" in text.splitlines()
+
+
 def test_a_failed_load_balancer_shows_no_url() -> None:
     lb = HostResult("lb1", ok=3, failed=1, failures=["LB preflight | Check failed on lb1: [bad input] ..."],
                     load_balancer={"port": "5000"})

@@ -11,7 +11,9 @@ mlflow_lb as /usr/local/sbin/mlflow-lb-servers; the server role calls it during 
                              that stops every server) takes it out anyway
   ready NAME [--timeout S]   back from maintenance; wait until a health check made after that
                              says UP (not HAProxy's "UP 1/2" of a server back before any check)
-  ready-all [--timeout S]    every server a drain left out (a deploy killed mid-roll), back
+  ready-all [--timeout S] [--keep NAME ...]
+                             every server a drain left out (a deploy killed mid-roll), back;
+                             the --keep servers (mlflow_lb_maintenance) stay out, drained if needed
   status                     HAProxy's service (state, main PID, seconds since it started, its
                              version) and the servers as in show (`mlops-provision status`)
 
@@ -148,15 +150,27 @@ def ready(name: str, timeout: float, path: str = SOCKET, settle: float = 0) -> d
     return result
 
 
-def ready_all(timeout: float, path: str = SOCKET, settle: float = 0) -> dict[str, object]:
+def ready_all(timeout: float, path: str = SOCKET, settle: float = 0, keep: tuple[str, ...] = (),
+              drain_timeout: float = 60) -> dict[str, object]:
+    """Every server a drain left out back in, except those kept in maintenance on purpose
+    (mlflow_lb_maintenance): those are taken out (drained first) if anything put them back."""
     known = servers(path)
-    left_out = [name for name, row in known.items() if in_maintenance(row.get("status", ""))]
+    kept = [name for name in known if name in keep]
+    left_out = [name for name, row in known.items() if name not in keep and in_maintenance(row.get("status", ""))]
+    taken_out = [name for name in kept if not in_maintenance(known[name].get("status", ""))]
+    for name in taken_out:
+        drain(name, drain_timeout, path, force=True)
     for name in left_out:
         set_state(name, "ready", path)
-    status = _wait_up(list(known), timeout, path, settle if left_out else 0)
-    up = [name for name, state in status.items() if state == "UP"]
-    result: dict[str, object] = {"changed": bool(left_out), "readied": left_out, "status": status, "up": up}
-    if known and not up:
+    serving = [name for name in known if name not in keep]
+    status = _wait_up(serving, timeout, path, settle if left_out else 0)
+    status.update({name: row.get("status", "") for name, row in servers(path).items() if name in keep})
+    up = [name for name in serving if status.get(name) == "UP"]
+    result: dict[str, object] = {"changed": bool(left_out or taken_out), "readied": left_out, "status": status,
+                                 "up": up}
+    if kept:
+        result["kept_out"] = kept
+    if serving and not up:
         result["failed"] = True
         result["msg"] = f"no server is UP behind the load balancer after {timeout:g} s: {status}"
     return result
@@ -199,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--timeout", type=float, default=60)
         # ready: a health check must have run since (HAProxy's check interval plus its timeout)
         p.add_argument("--settle", type=float, default=0)
+    sub.choices["ready-all"].add_argument("--keep", action="append", default=[], metavar="NAME",
+                                          help="a server kept in maintenance on purpose (repeatable)")
     sub.choices["drain"].add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -211,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "ready":
             result = ready(args.server, args.timeout, args.socket, settle=args.settle)
         else:
-            result = ready_all(args.timeout, args.socket, settle=args.settle)
+            result = ready_all(args.timeout, args.socket, settle=args.settle, keep=tuple(args.keep))
     except NoSocket as exc:
         result = {"changed": False, "absent": True, "msg": f"no HAProxy admin socket at {exc}: nothing to do"}
     except (RuntimeError, OSError) as exc:  # HAProxy refused a command, or the socket broke
