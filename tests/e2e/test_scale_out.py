@@ -352,7 +352,7 @@ def test_a_roll_that_fails_on_the_first_server_stops_there_and_leaves_both_servi
 def test_a_roll_killed_while_a_server_is_out_is_finished_by_the_next_deploy(fleet: Fleet) -> None:
     """SIGKILL to the CLI as the first server restarts (it was drained: maintenance): the second
     keeps serving alone. The next plain deploy finishes the roll of the configuration change one
-    server at a time, never with both out."""
+    server at a time, never with both out, while 16 clients work through the load balancer."""
     first, second = fleet.servers
     rc, _, err, _ = deploy_until(first, r"Restart mlflow\.service", signal.SIGKILL,
                                  "-e", "mlflow_auth_cache_ttl_sec=25", select=("-i", str(fleet.inventory)))
@@ -364,9 +364,10 @@ def test_a_roll_killed_while_a_server_is_out_is_finished_by_the_next_deploy(flee
     assert health.stdout.strip() == "OK", health.stderr
     pid_second = second.main_pid()
 
-    # No load here: the upgrade below rolls under load (each load costs minutes on 2 cores).
-    proc, _, seen = deploy_watched(fleet, "", "-e", "mlflow_auth_cache_ttl_sec=25")
+    # The rolling configuration change finishes under load: no client may notice.
+    proc, result, seen = deploy_watched(fleet, "config-roll", "-e", "mlflow_auth_cache_ttl_sec=25")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert_no_client_saw_a_failure(result)
     assert second.main_pid() != pid_second  # restarted with the change, in its turn
     for vm in fleet.servers:
         assert "auth_cache_ttl_seconds = 25" in vm.sh("cat /etc/mlflow/basic_auth.ini")
@@ -506,15 +507,21 @@ def test_an_allowlist_on_the_servers_admits_the_load_balancers_and_no_one_else(f
             # The database host, on the same network but not in the allowlist, is dropped.
             assert fleet.db.sh(probe + fleet.address(vm)).strip() == "TimeoutError"
         assert _wait_lb(fleet, "UP") == {vm.name: "UP" for vm in fleet.servers}
-        # Through the load balancer (HTTPS since the last test) with the fetched certificate.
+        # Through the load balancer (HTTPS since the last test): from the load balancer itself,
+        # since its own allowlist follows the servers' by default and so refuses this machine.
         box = machines.load(fleet.lb.name)
         assert box is not None
-        answer = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u",
-                                 ":".join(admin(fleet).values()), "--cacert",
-                                 str(paths.state_dir() / "tls" / f"{fleet.lb.name}.crt"),
-                                 f"https://127.0.0.1:{box.https_port}/api/2.0/mlflow/experiments/search?max_results=1"],
-                                capture_output=True, text=True)
-        assert answer.stdout == "200", answer
+        refused = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                                  str(paths.state_dir() / "tls" / f"{fleet.lb.name}.crt"),
+                                  f"https://127.0.0.1:{box.https_port}/health"], capture_output=True, text=True)
+        assert refused.stdout == "000", refused
+        user, password = admin(fleet).values()
+        call = ("python3 -c 'import base64, ssl, sys, urllib.request as u\n"
+                "r = u.Request(\"https://127.0.0.1/api/2.0/mlflow/experiments/search?max_results=1\","
+                " headers={\"Authorization\": \"Basic \" + base64.b64encode(sys.argv[1].encode()).decode()})\n"
+                "print(u.urlopen(r, context=ssl.create_default_context(cafile=\"/etc/mlflow/tls/mlflow.crt\"),"
+                " timeout=30).status)' ")
+        assert fleet.lb.sh(call + f"'{user}:{password}'").strip() == "200"
     finally:
         fleet.server_vars = {}
         fleet.pin(NEW)
@@ -538,7 +545,7 @@ def test_a_server_in_maintenance_stays_out_of_the_load_balancer_until_it_is_aske
         assert fleet.lb_servers() == {s1.name: "UP", s2.name: "MAINT"}
         assert f"server {s2.name} {fleet.address(s2)}:5000 disabled" in fleet.lb.sh("cat /etc/haproxy/haproxy.cfg")
         assert s2.sh("systemctl is-active mlflow.service").strip() == "active"
-        shown = cli("status", "-i", str(fleet.inventory))
+        shown = cli("status", "-i", str(fleet.inventory), "-e", "mlflow_auth_cache_ttl_sec=25")
         assert shown.returncode == 0, shown.stdout + shown.stderr  # in order: out on purpose
         lb_row = next(line for line in shown.stdout.splitlines() if line.startswith(fleet.lb.name + " "))
         assert "1/2 UP, 1 in maintenance" in lb_row, shown.stdout
