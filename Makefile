@@ -55,7 +55,7 @@ e2e: images
 	bash scripts/e2e_lanes.sh $(E2E_ARGS)
 
 # Several servers behind HAProxy, rolls under load, the upgrade with one migration
-# (tests/e2e/test_scale_out.py): about 20 minutes alone on 2 cores, so kept out of `make test`.
+# (tests/e2e/test_scale_out.py): about 15 minutes alone on 2 cores, so kept out of `make test`.
 e2e-scale-out: images
 	pytest -q --durations=15 tests/e2e/test_scale_out.py
 

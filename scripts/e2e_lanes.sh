@@ -16,7 +16,7 @@ mkdir -p .cache
 mapfile -t modules < <(ls tests/e2e/test_*.py)
 shared=() own=()
 for m in "${modules[@]}"; do
-    # Several servers behind HAProxy: about 20 minutes of its own on 2 cores, beyond the suite's
+    # Several servers behind HAProxy: about 15 minutes of its own on 2 cores, beyond the suite's
     # 50-minute budget; `make e2e-scale-out` (or E2E_SCALE_OUT=1) runs it.
     if [[ "$m" == */test_scale_out.py && "${E2E_SCALE_OUT:-0}" != 1 ]]; then continue; fi
     if grep -qE '^(SHARED_SERVER = True|E2E_LANE = "shared")' "$m"; then shared+=("$m"); else own+=("$m"); fi
