@@ -336,7 +336,11 @@ def test_the_allowlist_admits_every_address_of_each_load_balancer() -> None:
                    "all_ipv6_addresses": ["fe80::1", "FE80::2", "2001:db8::5"]},
            "lb2": {"all_ipv4_addresses": ["10.89.0.6"], "all_ipv6_addresses": []}}
     assert d.allow_from(["10.0.0.0/8"], lbs) == [
-        "10.0.0.0/8", "10.89.0.5/32", "192.168.1.5/32", "2001:db8::5/128", "10.89.0.6/32"]
+        "10.0.0.0/8", "10.89.0.5/32", "10.89.0.6/32", "192.168.1.5/32", "2001:db8::5/128"]
+    # The same addresses on other load balancers, or in another order: the same list.
+    moved = {"lb1": {"all_ipv4_addresses": ["10.89.0.6", "10.89.0.5"]},
+             "lb2": {"all_ipv4_addresses": ["192.168.1.5"], "all_ipv6_addresses": ["2001:db8::5"]}}
+    assert d.allow_from(["10.0.0.0/8"], moved) == d.allow_from(["10.0.0.0/8"], lbs)
     assert d.allow_from(["10.89.0.5/32"], {"lb2": lbs["lb2"]}) == ["10.89.0.5/32", "10.89.0.6/32"]
 
 

@@ -205,11 +205,13 @@ def test_ready_all_keeps_a_server_in_maintenance_on_purpose_out(haproxy: FakeHAP
     assert out["status"] == {"s1": "UP", "s2": "MAINT"}  # type: ignore[index]
 
 
-def test_ready_all_fails_when_only_kept_servers_are_left(haproxy: FakeHAProxy,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    haproxy.servers["s1"] = ("DOWN", 0)
+def test_ready_all_never_takes_out_the_last_server_serving_and_fails(haproxy: FakeHAProxy,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    haproxy.servers["s1"] = ("DOWN", 0)  # s2, to be kept out, is the only one UP (a migration put it in)
     rc, out = run(capsys, "--socket", haproxy.path, "ready-all", "--keep", "s2", "--timeout", "0.3")
     assert rc == 1 and "no server is UP" in out["msg"]  # type: ignore[index,operator]
+    assert out["kept_in"] == ["s2"] and out["status"]["s2"] == "UP"  # type: ignore[index]
+    assert haproxy.servers["s2"][0] == "UP"
 
 
 def test_ready_all_fails_when_no_server_is_up(haproxy: FakeHAProxy, capsys: pytest.CaptureFixture[str]) -> None:

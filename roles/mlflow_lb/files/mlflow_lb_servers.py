@@ -153,21 +153,27 @@ def ready(name: str, timeout: float, path: str = SOCKET, settle: float = 0) -> d
 def ready_all(timeout: float, path: str = SOCKET, settle: float = 0, keep: tuple[str, ...] = (),
               drain_timeout: float = 60) -> dict[str, object]:
     """Every server a drain left out back in, except those kept in maintenance on purpose
-    (mlflow_lb_maintenance): those are taken out (drained first) if anything put them back."""
+    (mlflow_lb_maintenance): those are taken out (drained first) if anything put them back, once
+    another server is UP (never the last one serving)."""
     known = servers(path)
     kept = [name for name in known if name in keep]
     left_out = [name for name, row in known.items() if name not in keep and in_maintenance(row.get("status", ""))]
-    taken_out = [name for name in kept if not in_maintenance(known[name].get("status", ""))]
-    for name in taken_out:
-        drain(name, drain_timeout, path, force=True)
     for name in left_out:
         set_state(name, "ready", path)
     serving = [name for name in known if name not in keep]
     status = _wait_up(serving, timeout, path, settle if left_out else 0)
-    status.update({name: row.get("status", "") for name, row in servers(path).items() if name in keep})
     up = [name for name in serving if status.get(name) == "UP"]
-    result: dict[str, object] = {"changed": bool(left_out or taken_out), "readied": left_out, "status": status,
-                                 "up": up}
+    taken_out = [name for name in kept if not known[name].get("status", "").startswith("MAINT")]
+    result: dict[str, object] = {"changed": bool(left_out), "readied": left_out, "status": status, "up": up}
+    if taken_out and up:
+        for name in taken_out:
+            drain(name, drain_timeout, path, force=True)
+        result["changed"] = True
+    elif taken_out:
+        result["kept_in"] = taken_out
+        result["msg"] = (f"left {', '.join(taken_out)} in although it is to stay out (mlflow_lb_maintenance): "
+                         "no other server is UP")
+    status.update({name: row.get("status", "") for name, row in servers(path).items() if name in keep})
     if kept:
         result["kept_out"] = kept
     if serving and not up:
@@ -215,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--settle", type=float, default=0)
     sub.choices["ready-all"].add_argument("--keep", action="append", default=[], metavar="NAME",
                                           help="a server kept in maintenance on purpose (repeatable)")
+    sub.choices["ready-all"].add_argument("--drain-timeout", type=float, default=60)
     sub.choices["drain"].add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     try:
@@ -227,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "ready":
             result = ready(args.server, args.timeout, args.socket, settle=args.settle)
         else:
-            result = ready_all(args.timeout, args.socket, settle=args.settle, keep=tuple(args.keep))
+            result = ready_all(args.timeout, args.socket, settle=args.settle, keep=tuple(args.keep),
+                               drain_timeout=args.drain_timeout)
     except NoSocket as exc:
         result = {"changed": False, "absent": True, "msg": f"no HAProxy admin socket at {exc}: nothing to do"}
     except (RuntimeError, OSError) as exc:  # HAProxy refused a command, or the socket broke

@@ -411,14 +411,15 @@ def allow_from(allow: Sequence[str], lb_facts: Mapping[str, Any]) -> list[str]:
     an error: a firewall that shut it out would take the server out of the pool silently."""
     if not allow:
         return []
-    found = list(allow)
+    found: set[str] = set()
     for name, facts in lb_facts.items():
         v4 = list((facts or {}).get("all_ipv4_addresses") or [])
         v6 = [a for a in (facts or {}).get("all_ipv6_addresses") or [] if not a.lower().startswith("fe80:")]
         if not v4 and not v6:
             raise ValueError(f"the addresses of load balancer {name} are not known (its facts were not gathered)")
-        found += [f"{a}/32" for a in v4] + [f"{a}/128" for a in v6]
-    return list(dict.fromkeys(found))
+        found.update([f"{a}/32" for a in v4] + [f"{a}/128" for a in v6])
+    # Sorted: the same addresses in another order (a floating address moved) change nothing.
+    return list(dict.fromkeys([*allow, *sorted(found)]))
 
 
 FILTERS: Mapping[str, Any] = {
