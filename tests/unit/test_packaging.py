@@ -25,9 +25,18 @@ def test_wheel_carries_playbooks_roles_templates_and_renders_from_them(tmp_path:
                      "mlops_provision/templates/mlflow.service.j2", "mlops_provision/templates/mlflow.env.j2",
                      "mlops_provision/sandbox/containers.conf"):
         assert required in names, required
-    role_files = {p.relative_to(ROOT).as_posix() for p in (ROOT / "roles").rglob("*")
-                  if p.is_file() and "__pycache__" not in p.parts}
-    assert {"mlops_provision/" + f for f in role_files} <= names  # nothing of the role left behind
+    # Every tracked file of the shipped trees is in the wheel, and nothing of tests/ or docs/ is.
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "roles", "playbooks", "templates"],
+                             check=True, capture_output=True, text=True).stdout.split()
+    assert tracked, "git ls-files found nothing: not a checkout?"
+    missing = sorted(f for f in tracked if "mlops_provision/" + f not in names)
+    assert not missing, f"in git but not in the wheel: {missing}"
+    shipped_data = {n.split("/", 1)[1] for n in names
+                    if n.startswith(("mlops_provision/roles/", "mlops_provision/playbooks/",
+                                     "mlops_provision/templates/"))}
+    assert shipped_data <= set(tracked) | {f"{top}/__init__.py" for top in ("roles", "playbooks", "templates")}, (
+        sorted(shipped_data - set(tracked)))
+    assert not [n for n in names if n.startswith(("tests/", "docs/", "mlops_provision/tests/"))]
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
