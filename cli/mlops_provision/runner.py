@@ -302,6 +302,8 @@ def run(req: RunRequest) -> RunResult:
         (run_dir / "ansible.log").write_text(redact(stdout))
         (run_dir / "command").write_text(redact(shlex.join(["ansible-playbook", str(playbook), *cmdline])) + "\n")
 
+    for entry in hosts.values():  # the summary prints them: a secret in a command's stderr stays masked
+        entry.failures = [redact(text) for text in entry.failures]
     if result.rc == 0:
         _remember_task_count(req.action, progress.done)
     outcome = RunResult(action=req.action, rc=int(result.rc or 0), duration=time.monotonic() - started,

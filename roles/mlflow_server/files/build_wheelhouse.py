@@ -41,6 +41,36 @@ DATA_LIB = re.compile(r"^[^/]+\.data/(?:purelib|platlib)/(.+)$")
 SOURCE_ONLY = {"pysftp"}
 
 
+# pip's words when the index lacks a release, and when it could not ask the index at all.
+_NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
+_NOT_SATISFIED = re.compile(r"Could not find a version that satisfies the requirement (\S+)")
+_UNREACHABLE = re.compile(r"Retrying \(Retry\(|NewConnectionError|Could not fetch URL|Temporary failure in name "
+                          r"resolution|Network is unreachable|ProxyError")
+
+
+def pip_failure(stderr: str) -> str:
+    """One line naming the release pip could not get, for the deploy's summary (which takes the
+    last `ERROR:` line); "" when pip failed otherwise: its own last lines say why."""
+    for pattern in (_NO_MATCH, _NOT_SATISFIED):
+        found = [(line.strip(), m) for line in stderr.splitlines() if (m := pattern.search(line))]
+        if found:
+            line, match = found[-1]
+            said = re.sub(r"\s*\(from versions:.*$", "", line.removeprefix("ERROR:").strip())
+            if _UNREACHABLE.search(stderr):
+                return f"ERROR: the package index did not answer, so pip found no {match.group(1)} (pip: {said})"
+            return f"ERROR: the package index has no {match.group(1)} (pip: {said})"
+    return ""
+
+
+def pip_failed(stderr: str) -> None:
+    """pip's last words on stderr, then the cause in one line."""
+    tail = stderr[-3000:]
+    sys.stderr.write(tail if tail.endswith("\n") or not tail else tail + "\n")
+    cause = pip_failure(stderr)
+    if cause:
+        sys.stderr.write(cause + "\n")
+
+
 def platform_tags(glibc: str, machine: str) -> list[str]:
     major, minor = (int(p) for p in glibc.split(".")[:2])
     tags = [f"manylinux_{major}_{m}_{machine}" for m in range(minor, 4, -1)]
@@ -166,7 +196,7 @@ def main() -> int:
             proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
                                    "--no-deps", "--wheel-dir", str(dest), *built], capture_output=True, text=True)
             if proc.returncode != 0:
-                sys.stderr.write(proc.stderr[-3000:])
+                pip_failed(proc.stderr)
                 return proc.returncode
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                "--find-links", str(dest),
@@ -178,7 +208,7 @@ def main() -> int:
         cmd += ["uv", *args.requirements]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            sys.stderr.write(proc.stderr[-3000:])
+            pip_failed(proc.stderr)
             return proc.returncode
         (dest / "requirements.txt").write_text("\n".join(args.requirements) + "\n")
         add_bytecode(dest, Path(tmp), args.python, args.machine)
