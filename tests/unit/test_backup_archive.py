@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,14 @@ from tests.unit.test_db_schema import AUTH_CHAIN, CHAIN, _database, _fake_mlflow
 
 SCRIPT = ROOT / "roles" / "mlflow_server" / "files" / "backup_archive.py"
 SECRET = "Sup3r$ecret-key-value"
+CONTROL_KEY = "0123456789abcdef" * 4  # a control node's backup signing key
+
+
+def _host_key(signing_key: str, host: str) -> bytes:
+    from tests.conftest import load_module
+
+    return bytes(load_module(ROOT / "roles/mlflow_server/filter_plugins/archive_signing.py", "signing")
+                 .archive_host_key(signing_key, host))
 
 
 def _server(root: Path, name: str) -> Path:
@@ -39,19 +48,20 @@ def _server(root: Path, name: str) -> Path:
     return root / name
 
 
-def _run(site: Path, server: Path, *args: str, check: bool = True) -> dict:
+def _run(site: Path, server: Path, *args: str, check: bool = True, stdin: str = "") -> dict:
     env = {**os.environ, "PYTHONPATH": str(site)}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--env-file", str(server / "config" / "mlflow.env"), *args],
-                          capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--env-file", str(server / "config" / "mlflow.env"),
+                           "--key-file", str(site / "signing.key"), *args],
+                          capture_output=True, text=True, env=env, check=False, input=stdin)
     assert proc.returncode == (0 if check else 1), proc.stdout + proc.stderr
     return dict(json.loads(proc.stdout))
 
 
 def _unpack(site: Path, target: Path, archive: Path, tmp_path: Path, check: bool = True,
-            undo_backup: str = "") -> dict:
+            undo_backup: str = "", trust: tuple[str, ...] = ("--own-host", "vm-a")) -> dict:
     return _run(site, target, "unpack", "--archive", str(archive), "--owner", getpass.getuser(),
                 "--backup-dir", str(tmp_path / "target-backups"), "--marker", str(tmp_path / "marker.json"),
-                "--undo-backup", undo_backup, check=check)
+                "--undo-backup", undo_backup, *trust, check=check)
 
 
 def _db_backup(site: Path, server: Path, dest: Path) -> dict:
@@ -71,6 +81,8 @@ def site(tmp_path: Path) -> Path:
     dist = site / "mlflow-3.17.2.dist-info"  # what importlib.metadata reads for the version
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mlflow\nVersion: 3.17.2\n")
+    # vm-a's key, as the deploy derives it from the control node's signing key
+    (site / "signing.key").write_text(_host_key(CONTROL_KEY, "vm-a").hex() + "\n")
     return site
 
 
@@ -99,8 +111,8 @@ def test_an_archive_holds_every_part_with_checksums_and_no_secret(archive: Path)
         names = tar.getnames()
         manifest = json.loads(tar.extractfile("manifest.json").read())  # type: ignore[union-attr]
         env_text = tar.extractfile("config/mlflow.env").read().decode()  # type: ignore[union-attr]
-    assert names[-1] == "manifest.json"
-    assert set(names) - {"manifest.json"} == set(manifest["files"]) == {
+    assert names[-2:] == ["manifest.json", "manifest.sig"]
+    assert set(names) - {"manifest.json", "manifest.sig"} == set(manifest["files"]) == {
         "db/mlflow.db", "db/auth.db", "db/manifest.json", "config/mlflow.env",
         "artifacts/1/abc/artifacts/model.bin", "artifacts/1/abc/artifacts/notes.txt"}
     raw = subprocess.run(["gzip", "-dc", str(archive)], capture_output=True, check=True).stdout
@@ -110,8 +122,9 @@ def test_an_archive_holds_every_part_with_checksums_and_no_secret(archive: Path)
 
 
 def test_check_passes_a_good_archive(archive: Path, site: Path, tmp_path: Path) -> None:
-    out = _run(site, tmp_path / "source", "check", "--archive", str(archive))
+    out = _run(site, tmp_path / "source", "check", "--archive", str(archive), "--own-host", "vm-a")
     assert out["ok"] and out["databases"]["auth"]["counts"] == {"users": 2}
+    assert out["trusted"].startswith("signed (key id ")
 
 
 def _rewrite(archive: Path, target: Path, change: dict[str, bytes | None],
@@ -137,14 +150,16 @@ def _rewrite(archive: Path, target: Path, change: dict[str, bytes | None],
     ({"artifacts/1/abc/artifacts/notes.txt": b"HELLO"}, None,
      "artifacts/1/abc/artifacts/notes.txt in the archive does not match its SHA-256 in the manifest"),
     ({"db/auth.db": None}, None, "the archive lacks db/auth.db, which its manifest lists"),
-    ({}, {"../../etc/cron.d/x": b"boom"}, "the archive holds '../../etc/cron.d/x', which its manifest does not list"),
+    ({}, {"../../etc/cron.d/x": b"boom"},
+     "the archive holds a member named '../../etc/cron.d/x', which is not a path this tool writes"),
+    ({}, {"artifacts/x": b"boom"}, "the archive holds 'artifacts/x', which its manifest does not list"),
     ({"manifest.json": None}, None, "not a backup archive of mlops-provision (no readable manifest.json)"),
 ])
 def test_check_refuses_a_damaged_archive(archive: Path, site: Path, tmp_path: Path, change: dict,
                                          extra: dict | None, reason: str) -> None:
     bad = tmp_path / "bad.tar.gz"
     _rewrite(archive, bad, change, extra)
-    out = _run(site, tmp_path / "source", "check", "--archive", str(bad), check=False)
+    out = _run(site, tmp_path / "source", "check", "--archive", str(bad), "--unverified", check=False)
     assert out == {"ok": False, "error": reason}
 
 
@@ -198,8 +213,9 @@ def test_scheduled_backups_keep_the_newest_and_list_them(tmp_path: Path, site: P
     folder = tmp_path / "scheduled"
     folder.mkdir()
     for stamp in ("20260101T000000Z", "20260102T000000Z"):  # two older ones, written earlier
-        (folder / f"mlflow-backup-vm-a-{stamp}.tar.gz").write_bytes(b"old")
-        (folder / f"mlflow-backup-vm-a-{stamp}.tar.gz.json").write_text("{}")
+        old = folder / f"mlflow-backup-vm-a-{stamp}.tar.gz"
+        old.write_bytes(b"old")
+        Path(f"{old}.json").write_text(json.dumps({"path": str(old), "mlflow_version": "3.17.2"}))
     (folder / "unrelated.tar.gz").write_bytes(b"not ours")
     out = _run(site, source, "scheduled", "--dir", str(folder), "--keep", "2", "--host", "vm-a",
                "--unit", "/nonexistent")
@@ -211,7 +227,7 @@ def test_scheduled_backups_keep_the_newest_and_list_them(tmp_path: Path, site: P
     assert [a["name"] for a in listed] == [Path(out["path"]).name, "mlflow-backup-vm-a-20260102T000000Z.tar.gz"]
     assert listed[0]["databases"]["tracking"]["counts"] == {"runs": 3}
     assert listed[0]["size"] == Path(out["path"]).stat().st_size
-    assert _run(site, source, "check", "--archive", out["path"])["ok"]
+    assert _run(site, source, "check", "--archive", out["path"], "--own-host", "vm-a")["ok"]
 
 
 def _tree(root: Path) -> dict[str, object]:
@@ -352,3 +368,203 @@ def test_adopt_refuses_what_is_not_an_mlflow_database_it_can_serve(site: Path, t
                check=False)
     assert out == {"ok": False, "error": reason.format(db=db)}
     assert not (tmp_path / "a.tar.gz").exists()
+
+
+def test_retention_never_removes_the_new_archive_for_names_from_the_future_or_foreign_names(
+        tmp_path: Path, site: Path) -> None:
+    """Two files named for 2099 (a clock that was wrong, or files put there by hand) once made the
+    timer delete the archive it had just written and the last real one, and offered the bogus ones."""
+    source = _server(tmp_path, "source")
+    _database(source / "data" / "mlflow.db", "alembic_version", "ccc333", {"runs": 3})
+    folder = tmp_path / "scheduled"
+    folder.mkdir()
+    real = folder / "mlflow-backup-vm-a-20260101T000000Z.tar.gz"
+    real.write_bytes(b"old")
+    Path(f"{real}.json").write_text(json.dumps({"path": str(real), "mlflow_version": "3.17.2"}))
+    for name in ("mlflow-backup-vm-a-20990101T000000Z.tar.gz", "mlflow-backup-vm-a-20990102T000000Z.tar.gz",
+                 "mlflow-backup-vm-a-evil.tar.gz", "mlflow-backup-vm-ab-20260101T000000Z.tar.gz"):
+        (folder / name).write_bytes(b"bogus")
+        (folder / f"{name}.json").write_text("{}")
+    out = _run(site, source, "scheduled", "--dir", str(folder), "--keep", "2", "--host", "vm-a",
+               "--unit", "/nonexistent")
+    assert out["removed"] == [] and Path(out["path"]).exists() and real.exists()
+    assert sorted(out["ignored"]) == ["mlflow-backup-vm-a-20990101T000000Z.tar.gz",
+                                      "mlflow-backup-vm-a-20990102T000000Z.tar.gz",
+                                      "mlflow-backup-vm-a-evil.tar.gz",
+                                      "mlflow-backup-vm-ab-20260101T000000Z.tar.gz"]  # another host's
+    time.sleep(1.1)  # archives are named to the second
+    out2 = _run(site, source, "scheduled", "--dir", str(folder), "--keep", "1", "--host", "vm-a",
+                "--unit", "/nonexistent")
+    assert sorted(out2["removed"]) == sorted([real.name, Path(out["path"]).name])
+    listed = _run(site, source, "list", "--dir", str(folder))
+    assert [a["name"] for a in listed["archives"]] == [Path(out2["path"]).name]
+    assert len(listed["ignored"]) == 4  # listed apart, never offered for a restore
+
+
+HOSTILE_NAMES = ["artifacts//root/x", "db//etc/cron.d/x", "/etc/cron.d/x", "artifacts/../../x", "artifacts/./x",
+                 "artifacts/a\x00b", "artifacts/a\nb", "artifacts/", "artifacts", "etc/x", "", "artifacts/a\\b",
+                 "artifacts/" + "a/" * 3000 + "b"]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_member_names_are_checked_as_paths(name: str) -> None:
+    from tests.conftest import load_module
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        module = load_module(SCRIPT, "backup_archive_names")
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    with pytest.raises(RuntimeError, match="which is not a path this tool writes"):
+        module.member_parts(name)
+    assert module.member_parts("artifacts/1/r/artifacts/model.pkl") == ["artifacts", "1", "r", "artifacts",
+                                                                         "model.pkl"]
+
+
+def _forge(archive: Path, target: Path, members: list[tarfile.TarInfo], key: bytes | None) -> None:
+    """What an attacker who can write the archive (not the key) makes of it: members added to
+    the manifest with their true SHA-256, and the signature recomputed with the key given."""
+    import hashlib
+    import hmac
+
+    with tarfile.open(archive) as src:
+        manifest = json.loads(src.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        kept = [(m, src.extractfile(m).read() if m.isfile() else b"")  # type: ignore[union-attr]
+                for m in src if m.name not in ("manifest.json", "manifest.sig")]
+    payload = b"* * * * * root touch /tmp/owned\n"
+    for member in members:
+        if member.isfile():
+            manifest["files"][member.name] = {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    raw = json.dumps(manifest).encode()
+    with tarfile.open(target, "w:gz") as dst:
+        for member, data in kept:
+            dst.addfile(member, io.BytesIO(data))
+        for member in members:
+            member.size = len(payload) if member.isfile() else 0
+            dst.addfile(member, io.BytesIO(payload) if member.isfile() else None)
+        for name, data in (("manifest.json", raw),) + ((("manifest.sig", json.dumps(
+                {"mac": hmac.new(key, raw, hashlib.sha256).hexdigest()}).encode()),) if key else ()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+
+
+def _file(name: str) -> tarfile.TarInfo:
+    return tarfile.TarInfo(name)
+
+
+def _link(name: str, to: str, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, to
+    return info
+
+
+@pytest.mark.parametrize("member", [
+    _file("artifacts//tmp/OWNED"), _file("db//tmp/OWNED"), _file("artifacts/../../../../tmp/OWNED"),
+    _link("artifacts/l", "/tmp", tarfile.SYMTYPE), _link("artifacts/h", "/etc/passwd", tarfile.LNKTYPE),
+    _link("artifacts/dev", "", tarfile.CHRTYPE), _link("artifacts/fifo", "", tarfile.FIFOTYPE),
+])
+def test_a_tampered_archive_writes_nothing_even_with_a_valid_signature(archive: Path, site: Path, tmp_path: Path,
+                                                                       member: tarfile.TarInfo) -> None:
+    """Signed with the host's own key (the worst case: the key leaked) and still refused, with
+    nothing written outside the staging directories and nothing replaced."""
+    target = _target_with_data(tmp_path)
+    before = _tree(target / "data")
+    bad = tmp_path / "bad.tar.gz"
+    _forge(archive, bad, [member], _host_key(CONTROL_KEY, "vm-a"))
+    out = _unpack(site, target, bad, tmp_path, check=False)
+    assert not out["ok"]
+    assert "not a path this tool writes" in out["error"] or "not a regular file" in out["error"]
+    assert _tree(target / "data") == before
+    assert not Path("/tmp/OWNED").exists()
+
+
+def test_an_archive_changed_without_the_key_is_refused_before_anything_is_read(archive: Path, site: Path,
+                                                                              tmp_path: Path) -> None:
+    target = _target_with_data(tmp_path)
+    before = _tree(target / "data")
+    bad = tmp_path / "bad.tar.gz"
+    _forge(archive, bad, [_file("artifacts/0/r1/extra.txt")], b"not the key")
+    out = _unpack(site, target, bad, tmp_path, check=False)
+    assert out["error"].startswith("the archive's signature does not verify with this host's key (key id ")
+    unsigned = tmp_path / "unsigned.tar.gz"
+    _forge(archive, unsigned, [_file("artifacts/0/r1/extra.txt")], None)
+    out = _run(site, target, "check", "--archive", str(unsigned), "--own-host", "vm-a", check=False)
+    assert out["error"].startswith("the archive is not signed")
+    assert "--accept-unverified-archive" in out["error"]
+    assert _run(site, target, "check", "--archive", str(unsigned), "--unverified")["trusted"].startswith("unverified")
+    assert _tree(target / "data") == before
+
+
+def test_own_host_archives_only_and_the_control_nodes_digest(archive: Path, site: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    source = tmp_path / "source"
+    out = _run(site, source, "check", "--archive", str(archive), "--own-host", "vm-b", check=False)
+    assert out["error"].startswith("the archive names host 'vm-a', not this host")
+    with tarfile.open(archive) as tar:
+        digest = hashlib.sha256(tar.extractfile("manifest.json").read()).hexdigest()  # type: ignore[union-attr]
+    assert _run(site, source, "check", "--archive", str(archive), "--manifest-sha256", digest)["ok"]
+    out = _run(site, source, "check", "--archive", str(archive), "--manifest-sha256", "0" * 64, check=False)
+    assert out["error"] == "the archive on the host is not the one the control node verified (manifest differs)"
+
+
+def test_the_db_manifest_of_an_archive_never_chooses_a_destination(archive: Path, site: Path,
+                                                                   tmp_path: Path) -> None:
+    """A PostgreSQL server once took the archive's own db/manifest.json "source" as where to write."""
+    import hashlib
+    import hmac
+
+    with tarfile.open(archive) as src:
+        members = [(m, src.extractfile(m).read()) for m in src]  # type: ignore[union-attr]
+    manifest = json.loads(dict((m.name, d) for m, d in members)["manifest.json"])
+    inner = json.loads(dict((m.name, d) for m, d in members)["db/manifest.json"])
+    inner["files"]["../../x"] = dict(inner["files"]["mlflow.db"])
+    data = json.dumps(inner).encode()
+    manifest["files"]["db/manifest.json"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    raw = json.dumps(manifest).encode()
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as dst:
+        for member, content in members:
+            content = {"db/manifest.json": data, "manifest.json": raw}.get(member.name, content)
+            if member.name == "manifest.sig":
+                content = json.dumps({"mac": hmac.new(_host_key(CONTROL_KEY, "vm-a"), raw,
+                                                      hashlib.sha256).hexdigest()}).encode()
+            member.size = len(content)
+            dst.addfile(member, io.BytesIO(content))
+    target = _target_with_data(tmp_path)
+    before = _tree(target / "data")
+    out = _unpack(site, target, bad, tmp_path, check=False)
+    assert out["error"] == "the archive's db/manifest.json lists '../../x', which is not a database file"
+    assert _tree(target / "data") == before
+
+
+def test_the_restored_admin_logs_in_with_this_hosts_password_not_the_archives(site: Path, tmp_path: Path) -> None:
+    """Which admin password a host gets is never chosen by the archive: the restored user
+    database's admin is given the password the control node keeps for the target host."""
+    import hashlib
+
+    source = _server(tmp_path, "source")
+    data = source / "data"
+    _database(data / "mlflow.db", "alembic_version", "ccc333", {"runs": 1})
+    with sqlite3.connect(data / "auth.db") as conn:
+        conn.execute("CREATE TABLE alembic_version_auth (version_num VARCHAR(32))")
+        conn.execute("INSERT INTO alembic_version_auth VALUES ('auth02')")
+        conn.execute("CREATE TABLE users (id INTEGER, username TEXT, password_hash TEXT, is_admin BOOLEAN)")
+        conn.execute("INSERT INTO users VALUES (1, 'admin', 'scrypt:32768:8:1$old$00', 1), "
+                     "(2, 'alice', 'scrypt:32768:8:1$alice$11', 0)")
+    archive = tmp_path / "a.tar.gz"
+    _run(site, source, "create", "--dest", str(archive), "--host", "vm-a", "--unit", "/nonexistent")
+    target = _server(tmp_path, "target")
+    out = _run(site, target, "unpack", "--archive", str(archive), "--owner", getpass.getuser(),
+               "--backup-dir", str(tmp_path / "tb"), "--marker", str(tmp_path / "m.json"), "--undo-backup", "",
+               "--own-host", "vm-a", "--admin-user", "admin", stdin="the-target-password\n")
+    assert out["admin_password"] == "this host's"
+    with sqlite3.connect(target / "data" / "auth.db") as conn:
+        rows = dict(conn.execute("SELECT username, password_hash FROM users").fetchall())
+    assert rows["alice"] == "scrypt:32768:8:1$alice$11"  # other users keep their passwords
+    method, salt, digest = rows["admin"].split("$")
+    n, r, p = (int(x) for x in method.split(":")[1:])
+    assert hashlib.scrypt(b"the-target-password", salt=salt.encode(), n=n, r=r, p=p,
+                          maxmem=132 * n * r * p).hex() == digest
+    assert "the-target-password" not in json.dumps(out)

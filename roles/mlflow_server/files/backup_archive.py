@@ -5,7 +5,9 @@
                                        the environment file with its secrets masked, and
                                        manifest.json (last): MLflow version, revisions, row counts,
                                        sizes and the SHA-256 of every other member
-    unpack --archive FILE --owner U --marker M --undo-backup DIR
+    check and unpack first authenticate the archive (--manifest-sha256 D: the control node
+    verified it; --own-host H: signed with this host's key; --unverified: the operator vouches)
+    unpack --archive FILE --owner U --marker M --undo-backup DIR [--admin-user NAME, password on stdin]
                                        checks every member against the manifest while unpacking
                                        it beside its destination, then puts the databases and the
                                        artifacts where this host's configuration keeps them; a
@@ -14,6 +16,8 @@
     finish --marker M                  the restored server is proven: M goes
     putback --marker M --owner U       undo an unfinished restore (killed, or failed verify)
     check  --archive FILE              the checks alone
+    An archive is signed (manifest.sig: HMAC-SHA256 of manifest.json) with the key in KEY_FILE,
+    which the deploy derives for this host from the control node's backup signing key.
     scheduled --dir D --keep N --host NAME
                                        create D/mlflow-backup-NAME-<UTC time>.tar.gz with a JSON
                                        summary beside it, then remove all but the newest N
@@ -35,9 +39,12 @@ from __future__ import annotations
 import argparse
 import configparser
 import datetime
+import grp
 import hashlib
+import hmac
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -53,6 +60,14 @@ import db_schema
 
 FORMAT = "mlops-provision-backup"
 MASK = "********"
+# The signature of manifest.json (which holds the SHA-256 of every other member): HMAC-SHA256
+# with this host's key, derived on the control node from its signing key (archive_host_key).
+SIGNATURE = "manifest.sig"
+KEY_FILE = "/etc/mlflow/backup-signing.key"
+KEY_CONTEXT = b"mlops-provision backup signing v1\0"
+# What an archive may hold: these tops, regular files below them, names made of plain parts.
+TOPS = ("db", "artifacts", "config")
+DB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SECRET_KEYS = ("PASSWORD", "SECRET", "TOKEN", "CREDENTIAL", "CONNECTION_STRING", "ACCESS_KEY")
 
 
@@ -156,9 +171,43 @@ class _BytesReader:
         return chunk
 
 
+def archive_host_key(signing_key: str, host: str) -> bytes:
+    """The key a host signs its archives with: derived from the control node's signing key, so a
+    host holds only its own (the same derivation as filter_plugins/mlflow_derive.py's)."""
+    return hmac.new(signing_key.strip().encode(), KEY_CONTEXT + host.encode(), hashlib.sha256).digest()
+
+
+def key_id(key: bytes) -> str:
+    return hashlib.sha256(b"key id\0" + key).hexdigest()[:16]
+
+
+def _read_key_file(path: str) -> bytes | None:
+    try:
+        text = Path(path).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return bytes.fromhex(text)
+
+
+def _signature(manifest: bytes, key: bytes) -> bytes:
+    return (json.dumps({"alg": "HMAC-SHA256", "key_id": key_id(key),
+                        "mac": hmac.new(key, manifest, hashlib.sha256).hexdigest()}) + "\n").encode()
+
+
+def member_parts(name: str) -> list[str]:
+    """The parts of an acceptable member name, or RuntimeError: a top of TOPS and at least one
+    more part; no empty, '.' or '..' part, no absolute name, no control character or backslash."""
+    parts = name.split("/")
+    if (not name or re.search(r"[\x00-\x1f\x7f\\]", name) or len(parts) < 2 or parts[0] not in TOPS
+            or any(part in ("", ".", "..") for part in parts) or len(name) > 4096):
+        raise RuntimeError(f"the archive holds a member named {name[:200]!r}, which is not a path this tool writes")
+    return parts
+
+
 def create(dest: str, host: str, env_file: str, unit: str, env: dict[str, str] | None = None,
-           extra: dict[str, Any] | None = None) -> dict[str, Any]:
+           extra: dict[str, Any] | None = None, key_file: str = KEY_FILE) -> dict[str, Any]:
     os.umask(0o077)  # the user database's password hashes: root only
+    key = _read_key_file(key_file)  # a host deployed before archives were signed has none yet
     env = env if env is not None else read_env_file(env_file)
     urls = point_db_schema_at(env)
     target = Path(dest)
@@ -193,11 +242,15 @@ def create(dest: str, host: str, env_file: str, unit: str, env: dict[str, str] |
                 "auth": bool(urls["auth"]),
                 "databases": db["databases"], "artifacts": artifacts, "files": files, **(extra or {}),
             }
-            _add_bytes(tar, "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode(), None)
+            manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
+            _add_bytes(tar, "manifest.json", manifest_bytes, None)
+            if key is not None:
+                _add_bytes(tar, SIGNATURE, _signature(manifest_bytes, key), None)
         db_schema._fsync(partial)
     os.replace(partial, target)
     size = target.stat().st_size
-    return {"ok": True, "path": str(target), "size": size, **{k: v for k, v in manifest.items() if k != "files"}}
+    return {"ok": True, "path": str(target), "size": size, "signed": key is not None,
+            **{k: v for k, v in manifest.items() if k != "files"}}
 
 
 # Where MLflow keeps artifact URIs; each may name the hand-run server's directory.
@@ -228,7 +281,7 @@ def rewrite_artifact_uris(db: Path, root: str) -> int:
     return changed
 
 
-def adopt(sqlite_file: str, artifacts: str, dest: str, host: str) -> dict[str, Any]:
+def adopt(sqlite_file: str, artifacts: str, dest: str, host: str, key_file: str = KEY_FILE) -> dict[str, Any]:
     """An archive of a server installed by hand (restore --from-sqlite): a consistent copy of its
     SQLite database with its artifact URIs pointed at the managed store, and its artifact
     directory. The originals are only read."""
@@ -260,7 +313,7 @@ def adopt(sqlite_file: str, artifacts: str, dest: str, host: str) -> dict[str, A
             raise RuntimeError(f"--from-sqlite: {sqlite_file} is at schema revision {tracking['current']}, which "
                                f"MLflow {db_schema._mlflow_version()} does not know (its head is {tracking['head']}): "
                                "add --mlflow-version with the release that wrote it")
-        return create(dest, host, "", "/nonexistent", env=env,
+        return create(dest, host, "", "/nonexistent", env=env, key_file=key_file,
                       extra={"adopted": {"sqlite": sqlite_file, "artifacts": artifacts, "rewritten_uris": rewritten,
                                          "schema": tracking["relation"]}})
 
@@ -269,96 +322,265 @@ def _stamp() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def scheduled(directory: str, keep: int, host: str, env_file: str, unit: str) -> dict[str, Any]:
+STAMP = re.compile(r"(\d{8}T\d{6}Z)\.tar\.gz$")
+
+
+def _ours(folder: Path, host: str) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The scheduled archives of this host, oldest first by the time in their names, and the
+    names set aside: not of our exact form, without their summary, or from the future (a file
+    put there by hand, or written while the clock was wrong; never counted, never removed)."""
+    horizon = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)).strftime("%Y%m%dT%H%M%SZ")
+    pattern = re.compile(r"^mlflow-backup-" + re.escape(host) + r"-(\d{8}T\d{6}Z)\.tar\.gz$")
+    found, ignored = [], []
+    for path in sorted(folder.glob("mlflow-backup-*.tar.gz")):
+        match = pattern.match(path.name)
+        if match is None or match.group(1) > horizon or not path.is_file() or path.is_symlink() \
+                or not Path(str(path) + ".json").is_file():
+            ignored.append(path.name)
+        else:
+            found.append((match.group(1), path))
+    return sorted(found), ignored
+
+
+def scheduled(directory: str, keep: int, host: str, env_file: str, unit: str,
+              key_file: str = KEY_FILE) -> dict[str, Any]:
     folder = Path(directory)
-    result = create(str(folder / f"mlflow-backup-{host}-{_stamp()}.tar.gz"), host, env_file, unit)
+    result = create(str(folder / f"mlflow-backup-{host}-{_stamp()}.tar.gz"), host, env_file, unit, key_file=key_file)
     Path(result["path"] + ".json").write_text(json.dumps(result, indent=2) + "\n")
-    archives = sorted(folder.glob(f"mlflow-backup-{host}-*.tar.gz"))
+    archives, ignored = _ours(folder, host)
+    # The archive just written always stays, whatever the names of the others say.
+    older = [path for _, path in archives if path != Path(result["path"])]
     removed = []
-    for old in archives[:-keep] if keep > 0 else []:
+    for old in older[:max(len(older) - (keep - 1), 0)] if keep > 0 else []:
         old.unlink()
         Path(str(old) + ".json").unlink(missing_ok=True)
         removed.append(old.name)
-    return {**result, "removed": removed}
+    return {**result, "removed": removed, "ignored": ignored}
 
 
 def listing(directory: str) -> dict[str, Any]:
-    found = []
+    """The archives in directory, newest first; a name without a readable summary of its own
+    (path and release) is listed apart, never offered for a restore."""
+    found, ignored = [], []
     for archive in sorted(Path(directory).glob("mlflow-backup-*.tar.gz"), reverse=True):
-        sidecar = Path(str(archive) + ".json")
         try:
-            summary = json.loads(sidecar.read_text())
+            summary = json.loads(Path(str(archive) + ".json").read_text())
         except (OSError, ValueError):
-            summary = {"error": "no readable summary beside it"}
+            summary = None
+        if (not isinstance(summary, dict) or summary.get("path") != str(archive) or not STAMP.search(archive.name)
+                or not re.match(r"^\d+(\.\d+)*$", str(summary.get("mlflow_version", ""))) or archive.is_symlink()):
+            ignored.append(archive.name)
+            continue
         found.append({**summary, "name": archive.name, "path": str(archive), "size": archive.stat().st_size})
-    return {"ok": True, "dir": directory, "archives": found}
+    return {"ok": True, "dir": directory, "archives": found, "ignored": ignored}
 
 
-def _safe_name(name: str) -> bool:
-    parts = name.split("/")
-    return not name.startswith("/") and ".." not in parts and parts[0] in ("db", "artifacts", "config")
+def _read_manifest(tar: tarfile.TarFile) -> tuple[dict[str, Any], bytes, bytes | None]:
+    """The manifest, its bytes as signed, and the signature (None when the archive has none)."""
+    def member_bytes(name: str) -> bytes | None:
+        try:
+            member = tar.getmember(name)
+        except KeyError:
+            return None
+        handle = tar.extractfile(member) if member.isfile() and member.size <= (1 << 24) else None
+        return handle.read() if handle else None
 
-
-def _read_manifest(tar: tarfile.TarFile) -> dict[str, Any]:
+    raw = member_bytes("manifest.json")
     try:
-        member = tar.getmember("manifest.json")
-        handle = tar.extractfile(member)
-        manifest = json.loads(handle.read()) if handle else {}
-    except (KeyError, ValueError) as exc:
-        raise RuntimeError("not a backup archive of mlops-provision (no readable manifest.json)") from exc
-    if manifest.get("format") != FORMAT:
+        manifest = json.loads(raw) if raw is not None else None
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise RuntimeError("not a backup archive of mlops-provision (no readable manifest.json)")
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
         raise RuntimeError("not a backup archive of mlops-provision (unknown manifest format)")
-    return dict(manifest)
+    assert raw is not None
+    return manifest, raw, member_bytes(SIGNATURE)
 
 
-def _unpack_to(archive: str, staging: dict[str, Path] | None) -> dict[str, Any]:
-    """Read every member once, checking its SHA-256 against the manifest; with staging, write the
-    db/ and artifacts/ members under staging["db"] and staging["artifacts"]."""
-    with tarfile.open(archive, "r:*") as tar:
-        manifest = _read_manifest(tar)
-        expected = dict(manifest["files"])
-        for member in tar:
-            if member.name == "manifest.json":
-                continue
-            if not member.isfile() or not _safe_name(member.name) or member.name not in expected:
-                raise RuntimeError(f"the archive holds {member.name!r}, which its manifest does not list")
-            part = expected.pop(member.name)
-            source = tar.extractfile(member)
-            assert source is not None
-            digest = hashlib.sha256()
-            top, _, rest = member.name.partition("/")
-            out: IO[bytes] | None = None
-            if staging is not None and top in staging:
-                path = staging[top] / rest
-                path.parent.mkdir(parents=True, exist_ok=True)
-                out = path.open("wb")
+def authenticate(manifest: dict[str, Any], raw: bytes, signature: bytes | None, trust: dict[str, Any]) -> str:
+    """Check that the manifest (and so, through its SHA-256 values, every member) was written by
+    a host of this control node. trust says how: {"signing_key": K} on the control node (the key
+    of the host the manifest names is derived from K), {"key_file": F, "host": H} on host H for
+    its own archives, {"manifest_sha256": D} on a host for an archive the control node checked,
+    {"unverified": True} for an archive the operator vouches for. Returns how it was trusted."""
+    if trust.get("unverified"):
+        return "unverified (accepted by the operator)"
+    if trust.get("manifest_sha256"):
+        if not hmac.compare_digest(hashlib.sha256(raw).hexdigest(), str(trust["manifest_sha256"])):
+            raise RuntimeError("the archive on the host is not the one the control node verified (manifest differs)")
+        return "verified on the control node"
+    if signature is None:
+        raise RuntimeError("the archive is not signed (written before archives were signed, or edited): restore it "
+                           "only if you know where it came from, with --accept-unverified-archive "
+                           "(mlflow_restore_unverified=true)")
+    try:
+        sig = json.loads(signature)
+        mac = bytes.fromhex(str(sig["mac"]))
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(f"the archive's {SIGNATURE} is not a signature this tool writes") from None
+    if trust.get("signing_key"):
+        key = archive_host_key(str(trust["signing_key"]), str(manifest.get("host", "")))
+        where = "this control node's backup signing key"
+    else:
+        if str(manifest.get("host", "")) != str(trust.get("host", "")):
+            raise RuntimeError(f"the archive names host {str(manifest.get('host'))[:100]!r}, not this host: only "
+                               "this host's own archives are verified here")
+        found = _read_key_file(str(trust.get("key_file", KEY_FILE)))
+        if found is None:
+            raise RuntimeError("this host has no backup signing key yet: deploy it first")
+        key, where = found, "this host's key"
+    if not hmac.compare_digest(hmac.new(key, raw, hashlib.sha256).digest(), mac):
+        raise RuntimeError(f"the archive's signature does not verify with {where} (key id {key_id(key)}; the "
+                           f"archive names key id {str(sig.get('key_id', '?'))[:16]}): it was changed after it was "
+                           "written, or signed by another control node. If this control node's key is lost, restore "
+                           "an archive you know with --accept-unverified-archive (mlflow_restore_unverified=true)")
+    return f"signed (key id {key_id(key)})"
+
+
+def _open_beneath(root_fd: int, parts: list[str]) -> int:
+    """Open parts[-1] for writing, new, in directories parts[:-1] made beneath root_fd: each
+    step relative to the directory before it, never following a link (openat, not string joins)."""
+    fd = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
             try:
-                while block := source.read(1 << 20):
-                    digest.update(block)
+                os.mkdir(part, 0o700, dir_fd=fd)
+            except FileExistsError:
+                pass
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _unpack_to(archive: str, staging: dict[str, Path] | None, trust: dict[str, Any]) -> dict[str, Any]:
+    """Authenticate the manifest, then read every member once, checking its name and type and its
+    SHA-256 against the manifest; with staging (directories this process made, root only), write
+    the db/ and artifacts/ members beneath staging["db"] and staging["artifacts"]."""
+    roots: dict[str, int] = {}
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            manifest, raw, signature = _read_manifest(tar)
+            trusted = authenticate(manifest, raw, signature, trust)
+            expected = dict(manifest["files"])
+            for top, path in (staging or {}).items():
+                roots[top] = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            for member in tar:
+                if member.name in ("manifest.json", SIGNATURE):
+                    continue
+                parts = member_parts(member.name)
+                if member.isdir():
+                    continue  # directories come from the files' names
+                if not member.isfile():
+                    raise RuntimeError(f"the archive holds {member.name[:200]!r}, which is not a regular file")
+                if member.name not in expected:
+                    raise RuntimeError(f"the archive holds {member.name[:200]!r}, which its manifest does not list")
+                part = expected.pop(member.name)
+                source = tar.extractfile(member)
+                assert source is not None
+                digest = hashlib.sha256()
+                out: IO[bytes] | None = None
+                if parts[0] in roots:
+                    out = os.fdopen(_open_beneath(roots[parts[0]], parts[1:]), "wb")
+                try:
+                    while block := source.read(1 << 20):
+                        digest.update(block)
+                        if out is not None:
+                            out.write(block)
+                finally:
                     if out is not None:
-                        out.write(block)
-            finally:
-                if out is not None:
-                    out.close()
-            if digest.hexdigest() != part["sha256"]:
-                raise RuntimeError(f"{member.name} in the archive does not match its SHA-256 in the manifest")
-        if expected:
-            raise RuntimeError(f"the archive lacks {', '.join(sorted(expected))}, which its manifest lists")
-    return manifest
+                        out.close()
+                if not isinstance(part, dict) or digest.hexdigest() != part.get("sha256"):
+                    raise RuntimeError(f"{member.name[:200]} in the archive does not match its SHA-256 in the manifest")
+            if expected:
+                raise RuntimeError(f"the archive lacks {', '.join(sorted(expected))[:400]}, which its manifest lists")
+    finally:
+        for fd in roots.values():
+            os.close(fd)
+    return {**manifest, "trusted": trusted, "manifest_sha256": hashlib.sha256(raw).hexdigest()}
 
 
-def check(archive: str) -> dict[str, Any]:
-    manifest = _unpack_to(archive, None)
+def check(archive: str, trust: dict[str, Any]) -> dict[str, Any]:
+    manifest = _unpack_to(archive, None, trust)
     return {"ok": True, **{k: v for k, v in manifest.items() if k != "files"}}
 
 
 def _chown_tree(root: Path, owner: str) -> None:
-    for dirpath, _, names in os.walk(root):
-        shutil.chown(dirpath, owner, owner)
-        os.chmod(dirpath, 0o750)  # noqa: S103 - the service user's group, as the deploy sets it
+    """Hand what unpack wrote to the service user: contents before their directory, links never
+    followed, so nothing outside the tree changes even if the user races it."""
+    uid, gid = pwd.getpwnam(owner).pw_uid, grp.getgrnam(owner).gr_gid
+    for dirpath, _, names in os.walk(root, topdown=False):
         for name in names:
-            shutil.chown(Path(dirpath, name), owner, owner)
-            os.chmod(Path(dirpath, name), 0o640)
+            path = Path(dirpath, name)
+            if path.is_symlink() or not path.is_file():
+                raise RuntimeError(f"{path} is not a regular file: refusing to hand it over")
+            os.chown(path, uid, gid, follow_symlinks=False)
+            os.chmod(path, 0o640)
+        os.chown(dirpath, uid, gid, follow_symlinks=False)
+        os.chmod(dirpath, 0o750)  # noqa: S103 - the service user's group, as the deploy sets it
+
+
+def _db_manifest_for_this_host(staged: Path, urls: dict[str, str]) -> dict[str, Any]:
+    """The staged databases and where this host keeps them. The archive's own db/manifest.json
+    names files and kinds only: destinations come from this host's configuration, never from it."""
+    inner = json.loads((staged / "manifest.json").read_text())
+    files: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for name, part in dict(inner.get("files") or {}).items():
+        kind = part.get("kind") if isinstance(part, dict) else None
+        if kind not in ("tracking", "auth") or kind in seen or not DB_NAME.match(str(name)):
+            raise RuntimeError(f"the archive's db/manifest.json lists {str(name)[:100]!r}, "
+                               "which is not a database file")
+        if not (staged / name).is_file() or (staged / name).is_symlink():
+            raise RuntimeError(f"the archive's db/manifest.json lists {name}, which the archive does not hold")
+        seen.add(kind)
+        if not urls.get(kind):
+            continue  # the user database, on a server without basic auth
+        path = db_schema._sqlite_path(urls[kind])
+        if (path is None) != (name == db_schema.DUMP):
+            raise RuntimeError(f"the archive's {name} does not fit this server's {kind} database")
+        files[name] = {"kind": kind, "source": str(path) if path is not None else "postgresql",
+                       "size": part.get("size"), "sha256": str(part.get("sha256", ""))}
+    return {"format": inner.get("format"), "databases": inner.get("databases", {}), "files": files}
+
+
+def generate_password_hash(password: str) -> str:
+    """The hash MLflow's user store writes (werkzeug's, in the server's venv; the same scrypt
+    format from the standard library where werkzeug is absent)."""
+    try:
+        from werkzeug.security import generate_password_hash as werkzeug_hash
+    except ImportError:
+        import secrets
+        import string
+
+        salt = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
+        n, r, p = 2**15, 8, 1
+        digest = hashlib.scrypt(password.encode(), salt=salt.encode(), n=n, r=r, p=p, maxmem=132 * n * r * p)
+        return f"scrypt:{n}:{r}:{p}${salt}${digest.hex()}"
+    return str(werkzeug_hash(password))
+
+
+def _set_admin_password(auth_url: str, user: str, password: str) -> bool:
+    """The restored user database's admin logs in with this host's admin password (the one the
+    control node keeps for this host), whatever it was where the archive was taken. False when
+    the archive has no such user: MLflow creates it at the start from basic_auth.ini."""
+    query = "UPDATE users SET password_hash = :h, is_admin = :a WHERE username = :u"
+    values = {"h": generate_password_hash(password), "a": True, "u": user}
+    path = db_schema._sqlite_path(auth_url)
+    if path is not None:
+        with sqlite3.connect(path) as conn:
+            return conn.execute(query, values).rowcount > 0
+    import sqlalchemy
+
+    engine = db_schema._engine(auth_url)
+    try:
+        with engine.begin() as conn:
+            return bool(conn.execute(sqlalchemy.text(query), values).rowcount)
+    finally:
+        engine.dispose()
 
 
 def _fits_this_server(manifest: dict[str, Any], urls: dict[str, str], artifacts_dir: Path | None,
@@ -388,7 +610,8 @@ def _write_marker(path: Path, data: dict[str, Any]) -> None:
     os.replace(staged, path)
 
 
-def unpack(archive: str, owner: str, env_file: str, backup_dir: str, marker: str, undo_backup: str) -> dict[str, Any]:
+def unpack(archive: str, owner: str, env_file: str, backup_dir: str, marker: str, undo_backup: str,
+           trust: dict[str, Any], admin_user: str = "", admin_password: str = "") -> dict[str, Any]:
     """Put the archive's databases and local artifacts in place of this server's. Before the
     first change, the marker names what puts the server back as it was (undo_backup, taken by
     db_schema.py backup with the server stopped, and the replaced artifact directory): a restore
@@ -400,12 +623,15 @@ def unpack(archive: str, owner: str, env_file: str, backup_dir: str, marker: str
     Path(backup_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=backup_dir, prefix=".restore-") as tmp:
         staging = {"db": Path(tmp) / "db"}
+        os.mkdir(staging["db"], 0o700)
         if artifacts_dir is not None:  # beside its destination: one rename puts it in place
             artifacts_dir.parent.mkdir(parents=True, exist_ok=True)
             staging["artifacts"] = _artifact_paths(artifacts_dir, stamp)[0]
+            os.mkdir(staging["artifacts"], 0o700)  # ours alone: fails if anything is there already
         try:
             with tarfile.open(archive, "r:*") as tar:
-                manifest = _read_manifest(tar)
+                manifest, raw, signature = _read_manifest(tar)
+            authenticate(manifest, raw, signature, trust)  # before anything changes
             _fits_this_server(manifest, urls, artifacts_dir, env)
             _write_marker(Path(marker), {
                 "kind": "restore", "archive": Path(archive).name.removeprefix("incoming-"),
@@ -413,24 +639,17 @@ def unpack(archive: str, owner: str, env_file: str, backup_dir: str, marker: str
                 "artifacts_dir": str(artifacts_dir) if artifacts_dir is not None else "", "stamp": stamp,
                 # pushed by restore_prepare.yml, removed when the restore ends; putback removes it too
                 "pushed": archive if Path(archive).name.startswith("incoming-") else ""})
-            manifest = _unpack_to(archive, staging)
+            manifest = _unpack_to(archive, staging, trust)
             # The databases go where this host's configuration keeps them (the user database
             # only when this server has basic auth on).
-            db_manifest = json.loads((staging["db"] / "manifest.json").read_text())
-            db_manifest.pop("absent", None)  # the source host's paths: nothing to remove here
-            for name, part in list(db_manifest["files"].items()):
-                if not urls.get(part["kind"]):
-                    del db_manifest["files"][name]
-                    continue
-                path = db_schema._sqlite_path(urls[part["kind"]])
-                if path is not None:
-                    part["source"] = str(path)
+            db_manifest = _db_manifest_for_this_host(staging["db"], urls)
             (staging["db"] / "manifest.json").write_text(json.dumps(db_manifest))
             restored = db_schema.restore(str(staging["db"]), owner)
+            admin_set = bool(urls["auth"] and admin_user and admin_password
+                             and _set_admin_password(urls["auth"], admin_user, admin_password))
             replaced = ""
             if artifacts_dir is not None:
                 incoming, aside = _artifact_paths(artifacts_dir, stamp)
-                incoming.mkdir(parents=True, exist_ok=True)
                 _chown_tree(incoming, owner)
                 # Moved aside even when empty: putback tells a swap that began by its presence
                 # (finish removes an empty one).
@@ -444,7 +663,8 @@ def unpack(archive: str, owner: str, env_file: str, backup_dir: str, marker: str
     return {"ok": True, "restored": restored["restored"], "databases": manifest["databases"],
             "artifacts": manifest["artifacts"], "replaced_artifacts": replaced,
             "mlflow_version": manifest["mlflow_version"], "created_at": manifest["created_at"],
-            "host": manifest["host"], "adopted": manifest.get("adopted", {})}
+            "host": manifest["host"], "adopted": manifest.get("adopted", {}), "trusted": manifest["trusted"],
+            "admin_password": "this host's" if admin_set else ""}
 
 
 def finish(marker: str) -> dict[str, Any]:
@@ -492,6 +712,7 @@ def putback(marker: str, owner: str) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env-file", default="/etc/mlflow/mlflow.env")
+    parser.add_argument("--key-file", default=KEY_FILE, help="this host's archive signing key")
     sub = parser.add_subparsers(dest="command", required=True)
     create_parser = sub.add_parser("create")
     create_parser.add_argument("--dest", required=True)
@@ -503,11 +724,18 @@ def main() -> int:
     unpack_parser.add_argument("--backup-dir", required=True)
     unpack_parser.add_argument("--marker", required=True)
     unpack_parser.add_argument("--undo-backup", required=True)
+    unpack_parser.add_argument("--admin-user", default="", help="its password on stdin")
     sub.add_parser("finish").add_argument("--marker", required=True)
     putback_parser = sub.add_parser("putback")
     putback_parser.add_argument("--marker", required=True)
     putback_parser.add_argument("--owner", required=True)
-    sub.add_parser("check").add_argument("--archive", required=True)
+    check_parser = sub.add_parser("check")
+    check_parser.add_argument("--archive", required=True)
+    for trusting in (unpack_parser, check_parser):  # how the archive is authenticated: exactly one
+        how = trusting.add_mutually_exclusive_group(required=True)
+        how.add_argument("--manifest-sha256", help="the control node verified the archive with this manifest")
+        how.add_argument("--own-host", help="this host's own archive: its signature, with this host's key")
+        how.add_argument("--unverified", action="store_true", help="the operator vouches for the archive")
     scheduled_parser = sub.add_parser("scheduled")
     scheduled_parser.add_argument("--dir", required=True)
     scheduled_parser.add_argument("--keep", type=int, required=True)
@@ -520,23 +748,26 @@ def main() -> int:
     adopt_parser.add_argument("--dest", required=True)
     adopt_parser.add_argument("--host", required=True)
     args = parser.parse_args()
+    trust = {"manifest_sha256": getattr(args, "manifest_sha256", None), "host": getattr(args, "own_host", None),
+             "unverified": getattr(args, "unverified", False), "key_file": args.key_file}
     try:
         if args.command == "create":
-            result = create(args.dest, args.host, args.env_file, args.unit)
+            result = create(args.dest, args.host, args.env_file, args.unit, key_file=args.key_file)
         elif args.command == "unpack":
-            result = unpack(args.archive, args.owner, args.env_file, args.backup_dir, args.marker, args.undo_backup)
+            result = unpack(args.archive, args.owner, args.env_file, args.backup_dir, args.marker, args.undo_backup,
+                            trust, args.admin_user, sys.stdin.readline().rstrip("\n") if args.admin_user else "")
         elif args.command == "adopt":
-            result = adopt(args.sqlite, args.artifacts, args.dest, args.host)
+            result = adopt(args.sqlite, args.artifacts, args.dest, args.host, args.key_file)
         elif args.command == "finish":
             result = finish(args.marker)
         elif args.command == "putback":
             result = putback(args.marker, args.owner)
         elif args.command == "scheduled":
-            result = scheduled(args.dir, args.keep, args.host, args.env_file, args.unit)
+            result = scheduled(args.dir, args.keep, args.host, args.env_file, args.unit, args.key_file)
         elif args.command == "list":
             result = listing(args.dir)
         else:
-            result = check(args.archive)
+            result = check(args.archive, trust)
     except Exception as exc:  # noqa: BLE001 - reported to the operator verbatim
         json.dump({"ok": False, "error": db_schema._error_text(exc)}, sys.stdout)
         return 1
