@@ -37,6 +37,12 @@ GENERATED: dict[str, dict[str, str]] = {
             "Password of the admin user; generated like the database password, one per user database "
             "(the host, or the shared PostgreSQL), and reused. Only creates the admin user on the first "
             "start; `mlops-provision user passwd admin` changes it later."),
+        "mlflow_backup_signing_key": (
+            "Signs every backup archive (HMAC-SHA256 of its manifest, which holds the SHA-256 of every "
+            "member); each host gets a key derived from it (mlflow_config_dir/backup-signing.key, root only), "
+            "so a host can sign only archives that name it. Generated on the control node into "
+            "mlflow_secrets_dir (64 hex digits) and reused; share it through the vault. restore refuses an "
+            "archive it does not verify."),
         "mlflow_auth_secret_key": (
             "Signs the CSRF token of MLflow's sign-up page; the same for all workers and servers of a "
             "user database."),

@@ -736,6 +736,8 @@ def main() -> int:
         how.add_argument("--manifest-sha256", help="the control node verified the archive with this manifest")
         how.add_argument("--own-host", help="this host's own archive: its signature, with this host's key")
         how.add_argument("--unverified", action="store_true", help="the operator vouches for the archive")
+        how.add_argument("--signing-key-stdin", action="store_true",
+                         help="on the control node: its backup signing key on stdin")
     scheduled_parser = sub.add_parser("scheduled")
     scheduled_parser.add_argument("--dir", required=True)
     scheduled_parser.add_argument("--keep", type=int, required=True)
@@ -749,7 +751,8 @@ def main() -> int:
     adopt_parser.add_argument("--host", required=True)
     args = parser.parse_args()
     trust = {"manifest_sha256": getattr(args, "manifest_sha256", None), "host": getattr(args, "own_host", None),
-             "unverified": getattr(args, "unverified", False), "key_file": args.key_file}
+             "unverified": getattr(args, "unverified", False), "key_file": args.key_file,
+             "signing_key": sys.stdin.readline().strip() if getattr(args, "signing_key_stdin", False) else None}
     try:
         if args.command == "create":
             result = create(args.dest, args.host, args.env_file, args.unit, key_file=args.key_file)

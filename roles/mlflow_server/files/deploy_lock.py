@@ -21,6 +21,8 @@ import argparse
 import fcntl
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +51,31 @@ def _locked(change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> dict[s
             fh.flush()
             os.fsync(fh.fileno())
         return current if new is None else new
+
+
+def end_leftover_steps(timeout: float = 60) -> list[str]:
+    """Kill every long step an earlier run left (files/host_step.py runs them in transient
+    mlflow-step-* scopes) and wait until they are gone: whoever holds the lock now is the only
+    deploy, so any such step belongs to a run that died, and must not go on under what this run
+    recovers. Returns the scopes that were found."""
+    if not shutil.which("systemctl"):
+        return []
+
+    def running() -> list[str]:
+        proc = subprocess.run(["systemctl", "list-units", "--plain", "--no-legend", "--type=scope",
+                               "mlflow-step-*"], capture_output=True, text=True, check=False)
+        return [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+
+    found = running()
+    if found:
+        subprocess.run(["systemctl", "kill", "--signal=SIGKILL", *found], capture_output=True, check=False)
+        deadline = time.monotonic() + timeout
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = running()
+        if left:
+            raise RuntimeError(f"steps of an earlier deploy would not end: {', '.join(left)}")
+    return found
 
 
 def main() -> int:
@@ -84,6 +111,7 @@ def main() -> int:
             if "previous" in got:
                 prev = got["previous"]
                 out["taken_over"] = prev if prev and prev.get("run_id") != me.get("run_id") else None
+                out["steps_ended"] = end_leftover_steps()
                 break
             if time.monotonic() >= deadline:
                 out = {"ok": False, "holder": got["holder"]}
