@@ -308,7 +308,7 @@ INVENTORY_ROWS: list[InventoryRow] = [
                  "+ 5 overflow) = 150), but its max_connections 200 leaves 187 (13 kept for superusers, backups and "
                  "maintenance). Set mlflow_postgresql_max_connections to 313 or more",
                  realm={"mlflow_backend": "postgresql", "mlflow_artifacts_destination": "s3://hostile-bucket/mlflow"},
-                 db_vars={}),
+                 db_vars={"mlflow_postgresql_max_connections": 200}),  # explicit: "auto" (default) would fit
     InventoryRow("inv-lb-server-with-tls", {"mlflow_tls": "self-signed"},
                  "Servers behind the load balancers (group mlflow_lb) must not set mlflow_tls (hostile-inv): MLflow "
                  "would listen on 127.0.0.1 only, out of the load balancers' reach.", lb=True),

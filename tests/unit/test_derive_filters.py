@@ -35,9 +35,14 @@ def test_the_plugin_is_plain_python_without_ansible() -> None:
 def test_every_filter_the_role_uses_exists_and_every_filter_is_used() -> None:
     digest = load_module(ROLE / "filter_plugins" / "deploy_digest.py", "deploy_digest_filters")
     lock = load_module(ROLE / "filter_plugins" / "deploy_lock.py", "deploy_lock_filters")
-    filters = {**d.FilterModule().filters(), **digest.FilterModule().filters(), **lock.FilterModule().filters()}
+    signing = load_module(ROLE / "filter_plugins" / "archive_signing.py", "archive_signing_filters")
+    filters = {**d.FilterModule().filters(), **digest.FilterModule().filters(), **lock.FilterModule().filters(),
+               **signing.FilterModule().filters()}
     assert all(name.startswith("mlflow_") for name in filters)
-    text = "\n".join(path.read_text() for path in [ROLE / "vars" / "main.yml", *(ROLE / "tasks").rglob("*.yml")])
+    # the database role sizes its max_connections with the realms' filters too
+    database = ROOT / "roles" / "mlflow_postgresql" / "vars" / "main.yml"
+    text = "\n".join(path.read_text() for path in [ROLE / "vars" / "main.yml", *(ROLE / "tasks").rglob("*.yml"),
+                                                   database])
     used = set(re.findall(r"\|\s*(mlflow_[a-z0-9_]+)", text))
     assert used <= set(filters), used - set(filters)
     assert set(filters) == used, set(filters) - used  # and none is left unwired
@@ -425,6 +430,65 @@ def test_more_connections_than_the_projects_postgresql_allows_are_refused_with_t
     assert len(d.realm_problems(d.realms(["a"], one, [], stock))) == 1
     hostvars["db"] = {"mlflow_postgresql_max_connections": 313}
     assert d.realm_problems(d.realms(["a", "b"], hostvars, ["db"], REALM_DEFAULTS)) == []
+
+
+AUTO_DEFAULTS = REALM_DEFAULTS | {"mlflow_postgresql_max_connections": "auto"}
+
+
+def test_the_projects_postgresql_sizes_its_max_connections_by_default() -> None:
+    import yaml
+
+    common = yaml.safe_load((ROOT / "roles/mlflow_common/defaults/main.yml").read_text())
+    assert common["mlflow_postgresql_max_connections"] == d.AUTO == "auto"
+    assert (d.auto_max_connections(0), d.auto_max_connections(187), d.auto_max_connections(188)) == (200, 200, 201)
+
+
+@pytest.mark.parametrize(("count", "expected"), [(1, 200), (2, 313), (5, 763)])
+def test_auto_max_connections_fits_any_number_of_servers_at_the_defaults(count: int, expected: int) -> None:
+    servers = [f"s{n}" for n in range(1, count + 1)]
+    hostvars: dict[str, dict[str, object]] = {s: {"mlflow_backend": "postgresql", **S3} for s in servers}
+    hostvars["db"] = {}
+    found = d.realms(servers, hostvars, ["db"], AUTO_DEFAULTS)
+    assert [(r["servers"], r["db_host"], r["max_connections"]) for r in found] == [(servers, "db", expected)]
+    assert d.postgresql_max_connections(found, "db") == expected
+    assert d.realm_problems(found) == []  # the realm check accepts what the database host will be given
+    # the same number written out is accepted too; one less is refused, where the budget exceeds 187
+    for limit, accepted in ((expected, True), (expected - 1, count == 1)):
+        hostvars["db"] = {"mlflow_postgresql_max_connections": limit}
+        assert (d.realm_problems(d.realms(servers, hostvars, ["db"], AUTO_DEFAULTS)) == []) is accepted
+
+
+def test_auto_max_connections_counts_workers_jobs_and_every_database_host_on_its_own() -> None:
+    hostvars = {"a": {"mlflow_backend": "postgresql", "mlflow_workers": 8},  # (8 + 1) x 3 x 10 = 270
+                "b": {"mlflow_backend": "postgresql"},
+                "c": {"mlflow_backend": "postgresql", "mlflow_job_execution": True, "mlflow_db_pool_size": 10}}
+    found = d.realms(["a", "b", "c"], hostvars, [], AUTO_DEFAULTS)  # no mlflow_db: each server's own
+    assert [(r["db_host"], r["max_connections"]) for r in found] == [("a", 283), ("b", 200), ("c", 373)]
+    assert [d.postgresql_max_connections(found, host) for host in ("a", "b", "c", "elsewhere")] == [283, 200, 373, 200]
+    assert d.realm_problems(found) == []
+    # " auto " and "AUTO" as an inventory may give them; anything else is the database role's to refuse
+    for value, limit in ((" auto ", 283), ("AUTO", 283), ("300", 300), ("many", None)):
+        realm = d.realms(["a"], {"a": {**hostvars["a"], "mlflow_postgresql_max_connections": value}}, [],
+                         AUTO_DEFAULTS)[0]
+        assert realm["max_connections"] == limit, value
+
+
+def test_an_explicit_max_connections_too_small_for_auto_defaults_is_still_refused() -> None:
+    hostvars = {"a": {"mlflow_backend": "postgresql", **S3}, "b": {"mlflow_backend": "postgresql", **S3},
+                "db": {"mlflow_postgresql_max_connections": 200}}
+    assert d.realm_problems(d.realms(["a", "b"], hostvars, ["db"], AUTO_DEFAULTS)) == [
+        "2 server(s) on PostgreSQL mlflow on db may open 300 connections "
+        "(a: (4 workers + 1) x 3 stores x (5 pool + 5 overflow) = 150; "
+        "b: (4 workers + 1) x 3 stores x (5 pool + 5 overflow) = 150), but its max_connections 200 leaves 187 "
+        "(13 kept for superusers, backups and maintenance). Set mlflow_postgresql_max_connections to 313 or "
+        "more, or lower mlflow_workers, mlflow_db_pool_size or mlflow_db_max_overflow."]
+
+
+def test_an_operators_postgresql_is_never_sized_here() -> None:
+    shared = {"mlflow_backend": "postgresql", "mlflow_backend_store_uri": "postgresql://u:p@pg.example.com/m", **S3}
+    found = d.realms(["a", "b"], {"a": shared, "b": shared}, [], AUTO_DEFAULTS)
+    assert [(r["db_host"], r["max_connections"]) for r in found] == [(None, None)]
+    assert d.postgresql_max_connections(found, "a") == 200  # no database role runs for it anyway
 
 
 def test_values_that_are_not_numbers_are_left_to_each_hosts_own_validation() -> None:

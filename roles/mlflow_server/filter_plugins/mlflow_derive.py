@@ -190,8 +190,20 @@ JOB_PROCESSES = 9
 RESERVED_CONNECTIONS = 13
 
 
+# mlflow_postgresql_max_connections "auto" (its default): the project's own PostgreSQL allows
+# what its servers may open together plus the reserve, and never fewer than this (a stock-sized
+# server, enough for one server at the defaults: 150 + 13).
+AUTO = "auto"
+MIN_AUTO_MAX_CONNECTIONS = 200
+
+
 def reserved_connections(_: Any = None) -> int:
     return RESERVED_CONNECTIONS
+
+
+def auto_max_connections(total: Any) -> int:
+    """max_connections "auto" for servers that may open `total` connections together."""
+    return max(MIN_AUTO_MAX_CONNECTIONS, int(total) + RESERVED_CONNECTIONS)
 
 
 def server_connections(workers: Any, pool_size: Any, max_overflow: Any, auth: str,
@@ -243,7 +255,9 @@ def realms(servers: Sequence[str], hostvars: Mapping[str, Any], db_hosts: Sequen
     are a group each), with what the checks need: the database's name, the database server it
     lives on (`server`, shared max_connections), whether it is PostgreSQL and, for the project's
     own, its max_connections (None for an operator's database: the deploy reads that one from
-    the server), and per server its artifact store and the connections it may open.
+    the server; "auto" resolved to what every realm on that PostgreSQL may open, plus the
+    reserve: auto_max_connections) and the host it runs on (`db_host`), and per server its
+    artifact store and the connections it may open.
 
     A variable a host does not set (a role default) comes from defaults; `resolved` gives
     whole hosts' values instead (the host a play runs on: its own, fully templated). A host
@@ -268,7 +282,7 @@ def realms(servers: Sequence[str], hostvars: Mapping[str, Any], db_hosts: Sequen
         except Exception:  # noqa: BLE001 - Ansible's undefined-variable errors, among others
             unchecked.append(host)
             continue
-        uri, max_connections = str(got["mlflow_backend_store_uri"] or ""), None
+        uri, max_connections, managed_on = str(got["mlflow_backend_store_uri"] or ""), None, None
         if uri:
             server, name = _database_server(uri)
             database = f"{server}/{name}" if server else f"{redact_uri(uri)} on {host}"
@@ -276,14 +290,15 @@ def realms(servers: Sequence[str], hostvars: Mapping[str, Any], db_hosts: Sequen
             postgresql = backend_kind(uri) == "postgresql"
         elif str(got["mlflow_backend"]) == "postgresql":  # the project's own: on the mlflow_db host, else the server
             database = f"{db['mlflow_postgresql_database']} on {db_host}"
-            server, postgresql = f"PostgreSQL on {db_host}", True
-            limit = str(db["mlflow_postgresql_max_connections"])
-            max_connections = int(limit) if limit.isdigit() else None  # else the database role refuses it
+            server, postgresql, managed_on = f"PostgreSQL on {db_host}", True, db_host
+            limit = str(db["mlflow_postgresql_max_connections"]).strip()
+            # anything else: the database role refuses it
+            max_connections = int(limit) if limit.isdigit() else AUTO if limit.lower() == AUTO else None
         else:
             database = server = f"SQLite on {host}"
             postgresql = False
         realm = groups.setdefault(database, {"database": database, "server": server, "postgresql": postgresql,
-                                             "max_connections": max_connections,
+                                             "max_connections": max_connections, "db_host": managed_on,
                                              "servers": [], "artifacts": {}, "connections": {}, "budget": [],
                                              "auth": {}, "jobs": []})
         realm["servers"].append(host)
@@ -304,7 +319,18 @@ def realms(servers: Sequence[str], hostvars: Mapping[str, Any], db_hosts: Sequen
     found = list(groups.values())
     for realm in found:
         realm["unchecked"] = unchecked
+    for realm in found:  # every server's connections are known now
+        if realm["max_connections"] == AUTO:
+            realm["max_connections"] = auto_max_connections(server_budget(found, realm["server"])["total"])
     return found
+
+
+def postgresql_max_connections(found: Sequence[Mapping[str, Any]], db_host: str) -> int:
+    """max_connections "auto" of the project's PostgreSQL on db_host (the mlflow_db host, or the
+    server itself), from realms() of the servers; the least "auto" gives when none uses it."""
+    return max((int(realm["max_connections"]) for realm in found
+                if realm.get("db_host") == db_host and isinstance(realm["max_connections"], int)),
+               default=MIN_AUTO_MAX_CONNECTIONS)
 
 
 def server_budget(found: Sequence[Mapping[str, Any]], server: str) -> dict[str, Any]:
@@ -448,6 +474,7 @@ FILTERS: Mapping[str, Any] = {
     "mlflow_load_balancer_problems": load_balancer_problems,
     "mlflow_server_budget": server_budget,
     "mlflow_reserved_connections": reserved_connections,
+    "mlflow_postgresql_auto_max_connections": postgresql_max_connections,
 }
 
 
