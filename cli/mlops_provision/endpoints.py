@@ -32,10 +32,15 @@ class Endpoint:
         return path.read_text().split(" salt=")[0].strip() or None
 
     def set_password(self, secrets_dir: Path, password: str) -> None:
+        """Replaces the kept password whole (a new file renamed over it): never half written."""
         path = secrets_dir / f"mlflow-admin-{self.auth_realm}.password"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        partial = path.with_name(path.name + ".partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(password + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, path)
 
 
 def _file() -> Path:

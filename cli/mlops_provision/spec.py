@@ -68,6 +68,9 @@ def load_config(path: str) -> dict[str, Any]:
             data = yaml.safe_load(fh)
     except FileNotFoundError:
         raise UsageError(f"{label}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not a text file
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a UTF-8 text file"
+        raise UsageError(f"{label}: cannot read it ({why}); valid: a YAML file of flags") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{label}: not valid YAML: {exc}") from None
     if data is None:

@@ -8,6 +8,7 @@ of these is bad input (exit 2) before anything runs.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from dataclasses import dataclass, field
@@ -63,11 +64,18 @@ def resolve(hosts: list[str], inventories: list[str]) -> Targets:
         path = Path(inv)
         if not path.exists():
             raise UsageError(f"-i/--inventory {inv}: file not found")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"-i/--inventory {inv}: not readable")
         targets.inventories.append(path.resolve())
     if not hosts and not targets.inventories:
         raise UsageError("give --host NAME (a sandbox, an inventory host or a hostname/IP) or -i INVENTORY")
 
-    known = _inventory_hosts(targets.inventories) if targets.inventories else {}
+    try:
+        known = _inventory_hosts(targets.inventories) if targets.inventories else {}
+    except OSError as exc:  # e.g. a directory with unreadable entries: Ansible reads every file in it
+        what = os.fsdecode(exc.filename) if exc.filename else "it"
+        raise UsageError(f"-i/--inventory: cannot read {what} ({exc.strerror or exc}); "
+                         "valid: an inventory file or a directory of them") from None
     for h, hostvars in known.items():  # every inventory host, load balancers included, for URLs
         targets.addresses[h] = str(hostvars.get("ansible_host", h))
         _note_sandbox(targets, h, hostvars)

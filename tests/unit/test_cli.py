@@ -50,6 +50,16 @@ def run(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
      "error: --artifacts: '/home/op/../mlruns' must be an absolute path on the host, without . or .. parts\n"),
     (["restore", "--host", "vm1", "--host", "vm2", "--from-sqlite", "/m.db"], 2,
      "error: --from-sqlite: name exactly one --host, the one that holds the database\n"),
+    # Path flags that cannot be used: bad input naming the flag, never a traceback, nothing run.
+    (["backup", "--host", "127.0.0.1", "--output", "/proc/x"], 2,
+     "error: --output: cannot create /proc/x (No such file or directory); valid: a directory on this machine "
+     "that you can write to (created when missing)\n"),
+    (["backup", "--host", "127.0.0.1", "--output", "/etc/hostname"], 2,
+     "error: --output: /etc/hostname is not a directory; valid:"),
+    (["render", "--output-dir", "/proc/x"], 2, "error: --output-dir: cannot create /proc/x (No such file or "
+     "directory); valid: a directory on this machine that you can write to (created when missing)\n"),
+    (["deploy", "--host", "vm1", "--config", "/proc"], 2,
+     "error: --config /proc: cannot read it (Is a directory); valid: a YAML file of flags\n"),
 ])
 def test_exit_code_and_message(tmp_path: Path, args: list[str], code: int, message: str) -> None:
     proc = run(*args, home=tmp_path)

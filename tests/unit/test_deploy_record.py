@@ -24,7 +24,7 @@ digests = load_module(ROLE / "filter_plugins" / "deploy_digest.py", "deploy_dige
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     module = load_module(ROLE / "files" / "deploy_record.py", "deploy_record_host")
     monkeypatch.setattr(module, "LOCK", str(tmp_path / "run" / "deploy.lock"))
-    monkeypatch.setattr(module, "live", lambda checks: "")  # no server here; tested on the VM (e2e)
+    monkeypatch.setattr(module, "live", lambda checks, answers=None: "")  # no server here; tested on the VM (e2e)
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "mlflow.env").write_text('MLFLOW_WORKERS="4"\n')
     (tmp_path / "etc" / "previous").mkdir()
@@ -110,7 +110,7 @@ def test_another_digest_or_a_held_lock_is_not_converged_and_a_held_lock_is_not_r
 def test_a_server_that_does_not_answer_is_not_converged(
         host: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     record(host, monkeypatch, capsys, tmp_path)
-    monkeypatch.setattr(host, "live", lambda checks: "/health answered 503")
+    monkeypatch.setattr(host, "live", lambda checks, answers=None: "/health answered 503")
     assert check(host, monkeypatch, capsys, tmp_path) == {"converged": False, "reason": "/health answered 503"}
 
 
@@ -192,10 +192,52 @@ def test_status_answers_each_part_instead_of_stopping_at_the_first(
     assert now["health"] == now["ready"] == "ok" and now["version"] == "3.17.2"
     assert now["last_deploy"]["version"] == "3.17.2"
     (tmp_path / "etc" / "mlflow.env").write_text('MLFLOW_WORKERS="1"\n')
-    monkeypatch.setattr(host, "live", lambda checks: "/health answered 502")
+    monkeypatch.setattr(host, "live", lambda checks, answers=None: "/health answered 502")
     both = status(host, monkeypatch, capsys, tmp_path, digest="D2")["drift"]
     assert both == ["the configuration asks for something else than the last deploy",
                     f"changed on the host since the last deploy: files:{tmp_path}/etc/mlflow.env",
                     "/health answered 502"]
     unknown = status(host, monkeypatch, capsys, tmp_path, digest="-")["drift"][0]
     assert unknown.startswith("cannot compare with the configuration: this machine does not have the realm's")
+
+
+def test_status_after_user_passwd_of_the_admin_logs_in_with_the_control_nodes_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`user passwd admin` changes the server's user database and the control node's copy, not
+    basic_auth.ini: status must neither log in with the file's (old) password (401, VERSION -)
+    nor call the new password a configuration change (the digest it compares leaves it out)."""
+    host = load_module(ROLE / "files" / "deploy_record.py", "deploy_record_passwd")
+    monkeypatch.setattr(host, "LOCK", str(tmp_path / "run" / "deploy.lock"))
+    (tmp_path / "etc").mkdir()
+    ini = tmp_path / "etc" / "basic_auth.ini"
+    ini.write_text("[mlflow]\nadmin_username = admin\nadmin_password = the-old-password\n")
+    probe = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+    def server(url: str, auth: tuple[str, str] | None = None, context: object = None) -> tuple[int, str]:
+        if url.endswith("/health"):
+            return 200, "OK"
+        if auth is None and url.endswith(probe):
+            return 401, ""
+        return (401, "") if auth == ("admin", "the-old-password") else (200, "3.17.2")
+
+    monkeypatch.setattr(host, "_get", server)
+    monkeypatch.setattr(host, "_units", lambda names: {"mlflow.service": {
+        "ActiveState": "active", "MainPID": "812", "ExecMainStartTimestampMonotonic": "1000000"}})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last-release").write_text("R1")
+    assert run(host, monkeypatch, capsys, "record", "--digest", "WITH-OLD-PASSWORD", "--status-digest", "S1",
+               "--spec", json.dumps(spec(tmp_path)), "--facts", json.dumps({"server": {"version": "3.17.2"}}),
+               "--run-id", "R1")["recorded"]
+    live = {"port": 5000, "version": "3.17.2", "auth_config": str(ini), "auth_probe_path": probe}
+    answers = {"version": [200, "3.17.2"], "ready": 200}  # status.yml's calls with the new password
+    now = run(host, monkeypatch, capsys, "status", "--digest", "S1", "--spec", json.dumps(spec(tmp_path)),
+              "--live", json.dumps(live), "--answers", json.dumps(answers))
+    assert now["drift"] == [], now
+    assert now["version"] == "3.17.2" and now["ready"] == "ok"
+    # The deploy's own check still sees the new password: it writes basic_auth.ini once.
+    assert run(host, monkeypatch, capsys, "check", "--digest", "WITH-NEW-PASSWORD", "--spec",
+               json.dumps(spec(tmp_path)), "--live", json.dumps(live))["converged"] is False
+    # Without the answers (a machine without the password), the file's password is what is tried.
+    stale = run(host, monkeypatch, capsys, "status", "--digest", "S1", "--spec", json.dumps(spec(tmp_path)),
+                "--live", json.dumps(live))
+    assert stale["version"] == "" and stale["drift"] == ["/version answered 401 '', not MLflow 3.17.2"]

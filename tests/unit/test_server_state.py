@@ -92,3 +92,44 @@ def test_layout_names_the_users_group_home_and_shell_and_whether_the_group_exist
     found = state.layout([], me.pw_name, group)
     assert found == {f"user {me.pw_name}": f"{group} {me.pw_dir} {me.pw_shell}", f"group {group}": str(me.pw_gid)}
     assert state.layout([], "no-such-user-here", "no-such-group-here") == {}
+
+
+@pytest.fixture
+def started_through_a_shell(tmp_path: Path) -> Iterator[tuple[int, int]]:
+    """`sh -c "mlflow server --port N; ..."` as a hand install starts it: a shell, the `mlflow`
+    CLI (a script of that name, which listens), and its worker with the stores' variables."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cli = tmp_path / "mlflow"
+    cli.write_text(
+        "#!/usr/bin/python3\n"
+        "import os, socket, subprocess, sys, time\n"
+        "s = socket.socket(); s.bind(('127.0.0.1', int(sys.argv[3]))); s.listen()\n"
+        "env = dict(os.environ, _MLFLOW_SERVER_FILE_STORE='sqlite:///mlflow.db',"
+        " _MLFLOW_SERVER_ARTIFACT_ROOT='./mlruns')\n"
+        "subprocess.Popen(['sleep', '30'], env=env)\n"
+        "time.sleep(30)\n")
+    cli.chmod(0o755)
+    shell = subprocess.Popen(["sh", "-c", f"{cli} server --port {port}; echo stopped"], cwd=tmp_path)
+    time.sleep(0.6)
+    yield shell.pid, port
+    for child in state._descendants(shell.pid):
+        subprocess.run(["kill", str(child)], check=False)
+    shell.kill()
+    shell.wait()
+
+
+def test_a_server_started_through_a_shell_is_named_as_itself_with_its_stores(
+        started_through_a_shell: tuple[int, int], tmp_path: Path) -> None:
+    import os
+
+    shell, port = started_through_a_shell
+    server = state._guess_pid(os.getuid(), port)
+    assert server != shell and state._comm(server) == "mlflow"
+    assert state._past_wrappers(shell) == server
+    # The adoption hint needs the database's path: found from the shell too (its grandchild).
+    assert state.mlflow_stores(shell)["sqlite"] == f"{tmp_path}/mlflow.db"
+    assert state.mlflow_stores(server)["local_artifacts"] == f"{tmp_path}/mlruns"

@@ -123,6 +123,24 @@ def run_playbook(action: str, args: argparse.Namespace, targets: Targets, extrav
     return result
 
 
+def writable_dir(flag: str, value: str) -> Path:
+    """A directory on this machine that a command writes into: made when missing; bad input
+    (exit 2, naming the flag and why) when it cannot be, before anything runs on a host."""
+    import os
+
+    path = Path(value).expanduser()
+    valid = "valid: a directory on this machine that you can write to (created when missing)"
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag}: {value} is not a directory; {valid}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{flag}: cannot create {value} ({exc.strerror or exc}); {valid}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: {value} is not writable; {valid}")
+    return path
+
+
 def secret_store(args: argparse.Namespace) -> SecretStore:
     from mlops_provision.secrets import SecretStore, read_vault_password
 

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlops_provision.commands._common import exit_code, run_playbook, to_stderr
+from mlops_provision.commands._common import exit_code, run_playbook, to_stderr, writable_dir
 from mlops_provision.errors import UsageError
 
 if TYPE_CHECKING:  # the real imports happen inside functions, keeping --help fast
@@ -31,12 +31,8 @@ def backup(args: argparse.Namespace) -> int:
         listed = backup_listing(args)
         print(summary.backup_list_summary(listed), flush=True)
         return exit_code(listed)
-    output = Path(args.output).expanduser()
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"--output: {args.output} is not a directory; valid: a directory on this machine "
-                         "(created when missing)")
     resolved = targets.resolve(args.host, args.inventory)
-    output.mkdir(parents=True, exist_ok=True)
+    output = writable_dir("--output", args.output)
     result = run_playbook("backup", args, resolved, {"mlflow_backup_fetch_dir": str(output.resolve())},
                           locks.target_names(args.host, resolved.inventories))
     for host in result.hosts.values():

@@ -13,14 +13,16 @@ object and exits 0; the role decides.
 
   check  --digest D --spec JSON [--live JSON]
       {"converged": bool, "reason": why not, "deployment": the recorded summary facts}
-  record --digest D --spec JSON --facts JSON|- --run-id ID
-      writes the record when the host's deploy lock is free and this run released it last (never
+  record --digest D [--status-digest S] --spec JSON --facts JSON|- --run-id ID
+      writes the record (S: the digest without the admin password, which status compares) when the host's deploy lock is free and this run released it last (never
       while or after another deploy changed the host); {"recorded": bool, "reason": ...}
-  status --digest D --spec JSON --live JSON
+  status --digest S --spec JSON --live JSON [--answers JSON]
       what `mlops-provision status` shows: the check's three parts each answered (asked for the
       same? changed on the host since? answers as verified?), what runs, since when, and the
       last deploy: {"drift": [...], "service": {...}, "health": ..., "version": ..., "ready": ...};
-      --digest - when this machine cannot compute it (no secrets)
+      --digest - when this machine cannot compute it (no secrets); --answers: the server's answers
+      to the admin this machine logs in as ({"version": [status, body], "ready": status}), which
+      replace the calls with basic_auth.ini's password (`user passwd` does not change that file)
 Any error means "not converged" / "not recorded", never a failed deploy.
 
 The spec: {"record": path, "files": [path or glob ...] (content, mode, owner; directories
@@ -164,8 +166,9 @@ def _admin(auth_config: str) -> tuple[str, str]:
     return ini.get("mlflow", "admin_username", fallback=""), ini.get("mlflow", "admin_password", fallback="")
 
 
-def live(checks: dict[str, Any]) -> str:
-    """'' when the server answers as a verified deploy leaves it; else what is wrong."""
+def live(checks: dict[str, Any], answers: dict[str, Any] | None = None) -> str:
+    """'' when the server answers as a verified deploy leaves it; else what is wrong. answers:
+    the admin's calls, made elsewhere with the control node's password."""
     base = f"http://127.0.0.1:{checks['port']}"
     status, body = _get(base + "/health")
     if status != 200:
@@ -174,14 +177,18 @@ def live(checks: dict[str, Any]) -> str:
         status, _ = _get(base + checks["auth_probe_path"])
         if status != 401:
             return f"an anonymous API call answered {status}, not 401"
-        status, body = _get(base + "/version", auth=_admin(checks["auth_config"]))
+        status, body = (answers["version"][0], answers["version"][1]) if answers else \
+            _get(base + "/version", auth=_admin(checks["auth_config"]))
     else:
         status, body = _get(base + "/version")
     if status != 200 or body != checks["version"]:
         return f"/version answered {status} {body!r}, not MLflow {checks['version']}"
     # A call that reads the database (/health and /version do not): a stopped database is a change.
-    status, _ = _get(base + checks["auth_probe_path"], auth=_admin(checks["auth_config"]) if checks.get("auth_config")
-                     else None)
+    if answers and checks.get("auth_config"):
+        status = answers["ready"]
+    else:
+        status, _ = _get(base + checks["auth_probe_path"],
+                         auth=_admin(checks["auth_config"]) if checks.get("auth_config") else None)
     if status != 200:
         return f"an API call that reads the database answered {status}"
     if checks.get("renew_cert"):  # the full deploy makes a new self-signed certificate 30 days before its end
@@ -252,21 +259,25 @@ def status(args: argparse.Namespace) -> dict[str, Any]:
         if args.digest == "-":
             drift.append("cannot compare with the configuration: this machine does not have the realm's admin "
                          "password and secret key (deploy from here once, or bring the secrets store)")
-        elif record.get("digest") != args.digest:
+        elif record.get("status_digest", record.get("digest")) != args.digest:
             drift.append("the configuration asks for something else than the last deploy")
         changed = changed_since(record, spec)
         if changed:
             drift.append("changed on the host since the last deploy: " + ", ".join(changed[:8])
                          + (f" and {len(changed) - 8} more" if len(changed) > 8 else ""))
-    problem = live(checks)
+    answers = json.loads(args.answers) if args.answers else None
+    problem = live(checks, answers)
     if problem:
         drift.append(problem)
     lease = _read_lease()
     base = f"http://127.0.0.1:{checks['port']}"
     admin = _admin(checks["auth_config"]) if checks.get("auth_config") else None
     health, _ = _get(base + "/health")
-    version_status, version = _get(base + "/version", auth=admin)
-    ready, _ = _get(base + checks["auth_probe_path"], auth=admin)  # reads the tracking database
+    if answers and admin:
+        (version_status, version), ready = answers["version"], answers["ready"]
+    else:
+        version_status, version = _get(base + "/version", auth=admin)
+        ready, _ = _get(base + checks["auth_probe_path"], auth=admin)  # reads the tracking database
     facts = record.get("facts", {}).get("server", {})
     return {
         "drift": drift,
@@ -299,7 +310,7 @@ def record(args: argparse.Namespace) -> dict[str, Any]:
             released_by = ""
         if released_by != args.run_id:
             return {"recorded": False, "reason": "another deploy took and released the host's lock since this one"}
-        body = {"digest": args.digest, "snapshot": snapshot(spec), "facts": json.loads(args.facts),
+        body = {"digest": args.digest, "status_digest": args.status_digest or args.digest, "snapshot": snapshot(spec), "facts": json.loads(args.facts),
                 "recorded": time.time()}
         directory = os.path.dirname(spec["record"])
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -323,8 +334,10 @@ def main() -> int:
     st.add_argument("--digest", required=True)
     st.add_argument("--spec", required=True)
     st.add_argument("--live", required=True)
+    st.add_argument("--answers", default="", help="JSON: the admin's calls, made with the control node's password")
     rc = sub.add_parser("record")
     rc.add_argument("--digest", required=True)
+    rc.add_argument("--status-digest", default="", help="the digest without the admin password (status)")
     rc.add_argument("--spec", required=True)
     rc.add_argument("--facts", required=True, help="JSON, or - for standard input")
     rc.add_argument("--run-id", required=True, help="this deploy's lock holder (files/deploy_lock.py)")

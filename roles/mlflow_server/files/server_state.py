@@ -114,16 +114,41 @@ def _user(uid: int) -> str:
         return str(uid)
 
 
+# Programs that only start another: `sh -c "mlflow server ..."` names the port in the shell's
+# command line too, but the server is its child.
+WRAPPERS = {"sh", "bash", "dash", "zsh", "ksh", "busybox", "env", "nohup", "setsid", "sudo", "su", "runuser",
+            "screen", "tmux", "timeout", "nice", "ionice", "stdbuf"}
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _guess_pid(uid: int, port: int) -> int:
-    """A process of that user whose command line names the port (cmdlines are world-readable)."""
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if proc.stat().st_uid == uid and str(port) in _masked_cmdline(int(proc.name)).split(":")[-1]:
-                    return int(proc.name)
-            except OSError:
-                continue
-    return 0
+    """A process of that user whose command line names the port (cmdlines are world-readable):
+    the first that is not a shell or another wrapper, else the first."""
+    found = []
+    for proc in sorted((p for p in Path("/proc").iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+        try:
+            if proc.stat().st_uid == uid and str(port) in _masked_cmdline(int(proc.name)).split(":")[-1]:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return next((pid for pid in found if _comm(pid) not in WRAPPERS), found[0] if found else 0)
+
+
+def _past_wrappers(pid: int) -> int:
+    """The program a shell or wrapper started (`sh -c "mlflow server ..."`): its first
+    descendant that is not itself a wrapper; pid itself when it is none."""
+    if _comm(pid) not in WRAPPERS:
+        return pid
+    for child in _descendants(pid):
+        if _comm(child) not in WRAPPERS:
+            return child
+    return pid
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -169,17 +194,27 @@ def _cwd(pid: int) -> str:
 
 
 def _family(pid: int) -> list[int]:
-    """pid, its children (the `mlflow server` CLI listens itself and starts the workers), then
-    its ancestors."""
-    children = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and _parent(int(proc.name)) == pid:
-            children.append(int(proc.name))
+    """pid, its descendants (the `mlflow server` CLI listens itself and starts the workers; a
+    shell may have started the CLI), then its ancestors."""
     ancestors, up = [], _parent(pid)
     while up > 1 and len(ancestors) < 4:
         ancestors.append(up)
         up = _parent(up)
-    return [pid, *sorted(children), *ancestors]
+    return [pid, *_descendants(pid), *ancestors]
+
+
+def _descendants(pid: int, depth: int = 3) -> list[int]:
+    """Children, then grandchildren, ... down to depth generations (a shell that started the
+    `mlflow server` CLI that started its workers is three), each generation in pid order."""
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            parents[int(proc.name)] = _parent(int(proc.name))
+    found, generation = [], [pid]
+    for _ in range(depth):
+        generation = sorted(child for child, parent in parents.items() if parent in generation)
+        found += generation
+    return found
 
 
 def mlflow_stores(pid: int) -> dict[str, str]:
@@ -222,7 +257,7 @@ def port_owner(port: int, service_user: str = "mlflow") -> dict[str, object]:
             return {"state": "ours"}
         uid = next((u for u in uids if _user(u) != service_user), uids[0] if uids else -1)
         pid = _guess_pid(uid, port) if uid >= 0 else 0
-        name = Path(f"/proc/{pid}/comm").read_text().strip() if pid else "unknown"
+        name = _comm(pid) if pid else "unknown"
     else:
         pid = foreign[0]
         name = (re.findall(r'"([^"]+)"', out) or ["unknown"])[0]
@@ -230,6 +265,9 @@ def port_owner(port: int, service_user: str = "mlflow") -> dict[str, object]:
             uid = Path(f"/proc/{pid}").stat().st_uid
         except OSError:
             uid = -1
+    if pid and _past_wrappers(pid) != pid:  # name the server, not the shell that started it
+        pid = _past_wrappers(pid)
+        name = _comm(pid) or name
     cmdline = _masked_cmdline(pid) if pid else ""
     mlflow = " mlflow " in f" {cmdline} " or "/mlflow server" in cmdline or "mlflow.server" in cmdline
     return {"state": "foreign", "program": name, "pid": pid, "user": _user(uid) if uid >= 0 else "",
