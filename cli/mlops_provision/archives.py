@@ -8,6 +8,7 @@ two cannot drift.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -30,20 +31,51 @@ def _host_script() -> ModuleType:
         sys.path.remove(str(files))
 
 
-def check(path: Path, flag: str = "--from") -> dict[str, Any]:
-    """The archive's manifest, once every member matched its SHA-256; bad input otherwise."""
+SIGNING_KEY = "backup-signing.key"  # in the secrets store; the role's mlflow_backup_signing_key
+
+
+def signing_key(secrets_dir: Path) -> str:
+    """This machine's backup signing key, made on first use (64 hex digits, as the role's
+    password lookup would make it, which then reads this file)."""
+    import secrets
+
+    path = secrets_dir / SIGNING_KEY
+    if not path.is_file():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().split(" salt=")[0].strip()
+
+
+def check(path: Path, flag: str = "--from", key: str | None = None) -> dict[str, Any]:
+    """The archive's manifest, once every member matched its SHA-256 (and, with key, once its
+    signature verified with this machine's signing key); bad input otherwise."""
     if not path.is_file():
         raise UsageError(f"{flag}: {path} is not a file; valid: a backup archive written by "
                          "`mlops-provision backup`")
     import tarfile
 
     try:
-        return dict(_host_script().check(str(path)))
+        return dict(_host_script().check(str(path), {"signing_key": key} if key else {"unverified": True}))
     except (tarfile.ReadError, EOFError):  # not gzip, or cut short
         reason = "it is not a complete .tar.gz archive"
     except (RuntimeError, tarfile.TarError, OSError, KeyError, ValueError) as exc:
         reason = str(exc)
     raise UsageError(f"{flag}: {path} fails its check: {reason}; nothing was changed")
+
+
+def authenticate(path: Path, key: str, flag: str = "--from") -> str:
+    """How the archive's manifest is trusted (its signature, with this machine's key); bad input
+    when it does not verify. Reads the manifest only: check() has read every member."""
+    import tarfile
+
+    script = _host_script()
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            manifest, raw, signature = script._read_manifest(tar)
+        return str(script.authenticate(manifest, raw, signature, {"signing_key": key}))
+    except (RuntimeError, tarfile.TarError, OSError, EOFError) as exc:
+        raise UsageError(f"{flag}: {path}: {exc}; nothing was changed") from None
 
 
 def describe(manifest: dict[str, Any]) -> str:

@@ -108,7 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(restore)
     _target_options(restore)
     restore.add_argument("--force", dest="replace_data", action="store_true",
-                         help="replace a server that holds runs or registered models (they are backed up first)")
+                         help="replace a server that holds data: experiments, runs, models, traces or users "
+                              "(they are backed up first)")
+    restore.add_argument("--accept-unverified-archive", dest="accept_unverified", action="store_true",
+                         help="restore an archive whose signature does not verify with this machine's backup "
+                              "signing key (written before archives were signed, or on a machine whose key is "
+                              "lost): only an archive whose origin you know")
     restore.set_defaults(force=False)
     _lock_option(restore)
 

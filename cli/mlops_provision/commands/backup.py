@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlops_provision.commands._common import exit_code, run_playbook, to_stderr, writable_dir
+from mlops_provision.commands._common import exit_code, run_playbook, secret_store, to_stderr, writable_dir
 from mlops_provision.errors import UsageError
 
 if TYPE_CHECKING:  # the real imports happen inside functions, keeping --help fast
@@ -35,14 +35,17 @@ def backup(args: argparse.Namespace) -> int:
     output = writable_dir("--output", args.output)
     result = run_playbook("backup", args, resolved, {"mlflow_backup_fetch_dir": str(output.resolve())},
                           locks.target_names(args.host, resolved.inventories))
+    with secret_store(args).session() as secrets_dir:
+        key = archives.signing_key(secrets_dir)
     for host in result.hosts.values():
         fetched = str(host.backup.get("fetched", ""))
-        if fetched and not host.failed:  # the copy here is the one that counts: check it again
+        if fetched and not host.failed:  # the copy here is the one that counts: check it again, signature too
             try:
-                archives.check(Path(fetched), "backup")
+                archives.check(Path(fetched), "backup", key)
             except UsageError as exc:
                 host.failed += 1
-                host.failures.append(str(exc))
+                host.failures.append(str(exc) + ("; deploy the host with this release once (its helper scripts "
+                                                 "are older), then back up again" if "not signed" in str(exc) else ""))
     print(summary.backup_summary(result), flush=True)
     if result.interrupted:
         to_stderr(summary.interrupted_message(result))

@@ -60,6 +60,7 @@ def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, A
     if restore_from is not None:
         extravars["mlflow_restore_archive"] = str(restore_from[0])
         extravars["mlflow_restore_force"] = bool(args.replace_data)
+        extravars["mlflow_restore_unverified"] = bool(getattr(args, "accept_unverified", False))
     if adopt is not None:
         extravars["mlflow_adopt_sqlite"], extravars["mlflow_adopt_artifacts"] = adopt
         extravars["mlflow_restore_force"] = bool(args.replace_data)
@@ -69,14 +70,17 @@ def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, A
     with Playbook("deploy", args, resolved, locks.target_names(hosts, resolved.inventories)) as play:
         # With an inventory the credentials may live there (vaulted group_vars): not required here.
         stored = credentials.resolve(spec.effective, os.environ, play.secrets_dir, required=not inventories)
-        carried = _source_admin_password(restore_from, hosts, play.secrets_dir)  # restore onto another host
-        if carried:  # the restored user database knows the source's admin, not a new one
-            stored["mlflow_auth_admin_password"] = carried
+        if restore_from is not None and not isinstance(restore_from[0], str) and not extravars[
+                "mlflow_restore_unverified"]:
+            # Before any host is touched: an archive this machine's key does not verify is refused.
+            from mlops_provision import archives
+
+            archives.authenticate(restore_from[0], archives.signing_key(play.secrets_dir))
         result = play.run({**extravars, **stored}, [*spec.secrets(), *stored.values()])
         if not result.interrupted:  # the operator wants out: no follow-up work, nothing kept
             if result.rc == 0 and not args.check:
                 credentials.save(spec.effective, os.environ, play.secrets_dir)
-            urls, reports = _check_health(args, result, resolved, tls_dir, carried, play.secrets_dir)
+            urls, reports = _check_health(args, result, resolved, tls_dir, play.secrets_dir)
     require_hosts(result, resolved, args)
 
     for name, host in result.hosts.items():
@@ -88,20 +92,6 @@ def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, A
     return exit_code(result)
 
 
-def _source_admin_password(restore_from: tuple[Path | str, dict[str, Any]] | None, hosts: list[str],
-                           secrets_dir: Path) -> str:
-    """A restore of an archive with auth onto another host than its source: the source's admin
-    password as kept here ("" when it does not apply or is not known)."""
-    from mlops_provision import endpoints
-
-    if restore_from is None or not restore_from[1].get("auth"):
-        return ""
-    source = str(restore_from[1].get("host", ""))
-    known = endpoints.lookup(source)
-    password = known.password(secrets_dir) if known is not None and source not in hosts else None
-    return password or ""
-
-
 def _trusted_ca(tls_dir: Path, name: str, tls: str) -> str:
     """The CA file a client of NAME needs: a self-signed certificate as fetched from the host;
     for a provided one the system's CAs (""), or MLflow's own client variable for a private CA."""
@@ -111,7 +101,7 @@ def _trusted_ca(tls_dir: Path, name: str, tls: str) -> str:
     return os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH", "") if tls else ""
 
 
-def _check_health(args: argparse.Namespace, result: RunResult, resolved: Targets, tls_dir: Path, carried: str,
+def _check_health(args: argparse.Namespace, result: RunResult, resolved: Targets, tls_dir: Path,
                   secrets_dir: Path) -> tuple[dict[str, str], dict[str, Report]]:
     """Record where each deployed host answers and check its health, logging in with the
     password in the (still open) secrets store; returns the URLs and the reports by host."""
@@ -128,8 +118,6 @@ def _check_health(args: argparse.Namespace, result: RunResult, resolved: Targets
         endpoint = endpoints.record(name, resolved.url(name, dep.port, dep.scheme),
                                     {"auth_user": dep.auth_user, "auth_realm": dep.auth_realm,
                                      "auth_cache_ttl": dep.auth_cache_ttl}, ca_file)
-        if carried and dep.restored:
-            endpoint.set_password(secrets_dir, carried)
         urls[name] = endpoint.url
         access = health_mod.Access(endpoint.auth_user, endpoint.password(secrets_dir) or "", ca_file)
         reports[name] = health_mod.check(endpoint.url, timeout=5, access=access)

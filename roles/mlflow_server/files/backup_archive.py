@@ -16,6 +16,7 @@
     finish --marker M                  the restored server is proven: M goes
     putback --marker M --owner U       undo an unfinished restore (killed, or failed verify)
     check  --archive FILE              the checks alone
+    verify --archive FILE              the manifest's signature alone (on the control node)
     An archive is signed (manifest.sig: HMAC-SHA256 of manifest.json) with the key in KEY_FILE,
     which the deploy derives for this host from the control node's backup signing key.
     scheduled --dir D --keep N --host NAME
@@ -503,6 +504,16 @@ def _unpack_to(archive: str, staging: dict[str, Path] | None, trust: dict[str, A
     return {**manifest, "trusted": trusted, "manifest_sha256": hashlib.sha256(raw).hexdigest()}
 
 
+def verify(archive: str, trust: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's authentication alone (the members are checked against it where the archive
+    is unpacked): for the control node, which passes the verified manifest's digest on."""
+    with tarfile.open(archive, "r:*") as tar:
+        manifest, raw, signature = _read_manifest(tar)
+    trusted = authenticate(manifest, raw, signature, trust)
+    return {"ok": True, "trusted": trusted, "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+            "host": manifest.get("host"), "mlflow_version": manifest.get("mlflow_version")}
+
+
 def check(archive: str, trust: dict[str, Any]) -> dict[str, Any]:
     manifest = _unpack_to(archive, None, trust)
     return {"ok": True, **{k: v for k, v in manifest.items() if k != "files"}}
@@ -731,7 +742,9 @@ def main() -> int:
     putback_parser.add_argument("--owner", required=True)
     check_parser = sub.add_parser("check")
     check_parser.add_argument("--archive", required=True)
-    for trusting in (unpack_parser, check_parser):  # how the archive is authenticated: exactly one
+    verify_parser = sub.add_parser("verify")
+    verify_parser.add_argument("--archive", required=True)
+    for trusting in (unpack_parser, check_parser, verify_parser):  # how the archive is authenticated: exactly one
         how = trusting.add_mutually_exclusive_group(required=True)
         how.add_argument("--manifest-sha256", help="the control node verified the archive with this manifest")
         how.add_argument("--own-host", help="this host's own archive: its signature, with this host's key")
@@ -769,6 +782,8 @@ def main() -> int:
             result = scheduled(args.dir, args.keep, args.host, args.env_file, args.unit, args.key_file)
         elif args.command == "list":
             result = listing(args.dir)
+        elif args.command == "verify":
+            result = verify(args.archive, trust)
         else:
             result = check(args.archive, trust)
     except Exception as exc:  # noqa: BLE001 - reported to the operator verbatim

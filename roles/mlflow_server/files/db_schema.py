@@ -41,7 +41,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 COUNTED = {
-    "tracking": ["experiments", "runs", "metrics", "params", "registered_models", "model_versions"],
+    "tracking": ["experiments", "runs", "metrics", "params", "registered_models", "model_versions",
+                 "trace_info", "logged_models"],
     "auth": ["users"],
 }
 VERSION_TABLES = {"tracking": "alembic_version", "auth": "alembic_version_auth"}
