@@ -64,20 +64,6 @@ def check(path: Path, flag: str = "--from", key: str | None = None) -> dict[str,
     raise UsageError(f"{flag}: {path} fails its check: {reason}; nothing was changed")
 
 
-def authenticate(path: Path, key: str, flag: str = "--from") -> str:
-    """How the archive's manifest is trusted (its signature, with this machine's key); bad input
-    when it does not verify. Reads the manifest only: check() has read every member."""
-    import tarfile
-
-    script = _host_script()
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            manifest, raw, signature = script._read_manifest(tar)
-        return str(script.authenticate(manifest, raw, signature, {"signing_key": key}))
-    except (RuntimeError, tarfile.TarError, OSError, EOFError) as exc:
-        raise UsageError(f"{flag}: {path}: {exc}; nothing was changed") from None
-
-
 def describe(manifest: dict[str, Any]) -> str:
     """One line: what the archive holds."""
     tracking = manifest.get("databases", {}).get("tracking", {}).get("counts", {})

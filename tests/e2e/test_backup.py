@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import tarfile
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 from scripts.hand_install import install_and_start
 
-from tests.conftest import CLI
+from tests.conftest import CLI, wait_until_none_with_env
 from tests.e2e.conftest import (
     LEAN,
     VM,
@@ -165,12 +166,51 @@ def test_a_damaged_archive_is_refused_with_nothing_changed(vm: VM, archives: Pat
     assert vm.main_pid() == pid
 
 
+def _tampered(archive: Path, target: Path, member: str) -> None:
+    """What someone who can write the archive but has no key makes of it: a member the manifest
+    lists with its true SHA-256, the signature left as it was."""
+    import hashlib
+    import io
+
+    payload = b"* * * * * root touch /tmp/OWNED\n"
+    with tarfile.open(archive) as src, tarfile.open(target, "w:gz") as dst:
+        for item in src:
+            data = src.extractfile(item).read()  # type: ignore[union-attr]
+            if item.name == "manifest.json":
+                manifest = json.loads(data)
+                manifest["files"][member] = {"size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+                extra = tarfile.TarInfo(member)
+                extra.size = len(payload)
+                dst.addfile(extra, io.BytesIO(payload))
+                data = json.dumps(manifest).encode()
+            item.size = len(data)
+            dst.addfile(item, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("member", ["db//etc/cron.d/mlops-owned", "artifacts//root/mlops-owned"])
+def test_a_tampered_archive_is_refused_and_writes_nothing(vm: VM, archives: Path, member: str) -> None:
+    pid = vm.main_pid()
+    bad = archives / "tampered.tar.gz"
+    _tampered(Path(DATA["archive"]), bad, member)
+    proc = cli("restore", "--host", vm.name, *LEAN, "--from", str(bad), "--force")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"error: --from: {bad} fails its check: the archive's signature does not verify with this control " \
+           "node's backup signing key (key id " in proc.stderr
+    # Even when the operator vouches for it, the member's name is refused before anything runs.
+    proc = cli("restore", "--host", vm.name, *LEAN, "--from", str(bad), "--force", "--accept-unverified-archive")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"the archive holds a member named {member!r}, which is not a path this tool writes" in proc.stderr
+    assert vm.sh("ls /etc/cron.d/mlops-owned /root/mlops-owned /tmp/OWNED 2>/dev/null || true").strip() == ""
+    assert vm.main_pid() == pid
+
+
 def test_a_restore_over_data_needs_force(vm: VM) -> None:
     pid = vm.main_pid()
     proc = cli("restore", "--host", vm.name, *SCHEDULE, "--from", DATA["archive"])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
-    assert f"{vm.name} holds data (5 runs, 1 registered models) that the restore of " in out
+    assert (f"{vm.name} holds data (1 experiments besides the Default one, 5 runs, 1 registered models, "
+            "1 users besides the admin) that the restore of ") in out
     assert "add --force to replace it" in out
     assert vm.main_pid() == pid
 
@@ -216,9 +256,11 @@ def test_a_fresh_host_restored_from_the_archive_serves_the_same_data_and_users(f
     back = read_real_data(fresh_vm, DATA["run_id"], str(tmp_path))
     assert back["steps"] == list(range(50)) and back["artifact"] == DATA["artifact"]
     assert back["models"] == ["backup-model"] and back["runs"] == 5
-    # The restored user database knows the first host's admin: this machine now keeps that
-    # password for the new host too, and bob logs in as before.
-    assert admin_env(fresh_vm) == admin_env(VM("bak-e2e", "debian12"))
+    # The admin logs in with the new host's own password (the one this machine keeps for it),
+    # never one an archive chose; bob logs in as before with his.
+    fresh_password = admin_env(fresh_vm)["MLFLOW_TRACKING_PASSWORD"]
+    assert fresh_password != admin_env(VM("bak-e2e", "debian12"))["MLFLOW_TRACKING_PASSWORD"]
+    assert f"admin_password = {fresh_password}" in fresh_vm.sh("cat /etc/mlflow/basic_auth.ini")
     assert experiments_seen_by(fresh_vm, "bob", DATA["bob"]) >= 1
 
 
@@ -330,3 +372,53 @@ def test_restore_from_sqlite_adopts_its_runs_model_and_artifacts(hand_vm: VM, tm
     assert back["artifact"] == DATA["hand_artifact"] and back["models"] == ["hand-model"]
     assert hand_vm.digest("/home/op/mlflow.db") == DATA["hand_db"]  # the original was only read
     assert hand_vm.sh("ls -R /home/op/mlruns | grep -c weights.bin").strip() == "1"
+
+
+# Inside the host: the moment the restore's unpack starts, stop it (a slow disk, a large store),
+# as a CLI killed then would leave it.
+HOLD_UNPACK = ("while :; do p=$(pgrep -f '^/opt/mlflow/[^ ]*/bin/python /opt/mlflow/tools/backup_archive.py "
+               "--env-file [^ ]* unpack'); if [ -n \"$p\" ]; then kill -STOP $p; echo $p > /tmp/held-unpack; "
+               "break; fi; sleep 0.005; done")
+
+
+def test_an_unpack_left_running_by_a_killed_restore_dies_before_the_next_deploy_recovers(
+        vm: VM, tmp_path: Path) -> None:
+    """A killed restore once left its unpack working on the host: the next deploy recovered and
+    restarted the server, then the orphan swapped the archive's data in under it (every write then
+    failed with "attempt to write a readonly database" while status was green)."""
+    assert _models(vm) == []  # the data now differs from the archive's (which has the model)
+    vm.sh("rm -f /tmp/held-unpack")
+    subprocess.run(["podman", "exec", "-d", vm.container, "sh", "-c", HOLD_UNPACK], check=True)
+    run_id = f"{vm.name}-{time.time_ns()}"
+    restore = subprocess.Popen([CLI, "restore", "--host", vm.name, *LEAN, "--from", DATA["archive"], "--force"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               env={**os.environ, "MLOPS_PROVISION_TEST_RUN": run_id})
+    deadline = time.monotonic() + 600
+    while not vm.sh("cat /tmp/held-unpack 2>/dev/null || true").strip() and time.monotonic() < deadline:
+        assert restore.poll() is None, restore.stdout.read() if restore.stdout else ""
+        time.sleep(0.5)
+    held = vm.sh("cat /tmp/held-unpack").strip()
+    os.killpg(restore.pid, signal.SIGKILL)
+    restore.wait(timeout=60)
+    assert not wait_until_none_with_env(f"MLOPS_PROVISION_TEST_RUN={run_id}", 10)
+    assert vm.sh(f"ps -o stat= -p {held}").strip().startswith("T")  # still there, stopped
+    proc = cli("deploy", "--host", vm.name, *LEAN)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    # The orphan and its scope were ended before anything was recovered or restarted.
+    assert vm.sh(f"ps -o pid= -p {held} || true").strip() == ""
+    assert vm.sh("systemctl list-units --plain --no-legend 'mlflow-step-*' || true").strip() == ""
+    assert _models(vm) == []  # the data from before the killed restore, not the archive's
+    back = read_real_data(vm, DATA["run_id"], str(tmp_path))
+    assert back["steps"] == list(range(50))
+    wrote = mlflow_client(f"""
+import json, mlflow
+mlflow.set_tracking_uri({vm.url!r})
+with mlflow.start_run() as run:
+    mlflow.log_metric("after-recovery", 1.0)
+print(json.dumps({{"run": run.info.run_id}}))
+""", admin_env(vm))
+    assert wrote["run"]
+    time.sleep(3)  # what a released orphan would have done by now, it cannot: it is gone
+    assert _models(vm) == []
+    assert cli("status", "--host", vm.name, *LEAN).returncode == 0

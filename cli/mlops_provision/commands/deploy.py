@@ -70,12 +70,6 @@ def deploy(args: argparse.Namespace, restore_from: tuple[Path | str, dict[str, A
     with Playbook("deploy", args, resolved, locks.target_names(hosts, resolved.inventories)) as play:
         # With an inventory the credentials may live there (vaulted group_vars): not required here.
         stored = credentials.resolve(spec.effective, os.environ, play.secrets_dir, required=not inventories)
-        if restore_from is not None and not isinstance(restore_from[0], str) and not extravars[
-                "mlflow_restore_unverified"]:
-            # Before any host is touched: an archive this machine's key does not verify is refused.
-            from mlops_provision import archives
-
-            archives.authenticate(restore_from[0], archives.signing_key(play.secrets_dir))
         result = play.run({**extravars, **stored}, [*spec.secrets(), *stored.values()])
         if not result.interrupted:  # the operator wants out: no follow-up work, nothing kept
             if result.rc == 0 and not args.check:

@@ -7,7 +7,7 @@ import argparse
 import re
 from pathlib import Path
 
-from mlops_provision.commands._common import to_stderr
+from mlops_provision.commands._common import secret_store, to_stderr
 from mlops_provision.commands.backup import backup_listing
 from mlops_provision.commands.deploy import deploy
 from mlops_provision.errors import UsageError
@@ -39,7 +39,13 @@ def restore(args: argparse.Namespace) -> int:
         manifest = found[0]
     else:
         archive = Path(args.source).expanduser().resolve()
-        manifest = archives.check(archive)
+        # Before any host is touched: the signature (with this machine's key), then every member.
+        with secret_store(args).session() as secrets_dir:
+            key = archives.signing_key(secrets_dir)
+        manifest = archives.check(archive, key=None if args.accept_unverified else key)
+        if args.accept_unverified:
+            to_stderr(f"WARNING: --accept-unverified-archive: {archive.name} is restored without checking who wrote "
+                      "it; its members and checksums were checked")
     release = str(manifest.get("mlflow_version", ""))
     if args.mlflow_version and args.mlflow_version != release:
         raise UsageError(f"--mlflow-version: the archive was written by MLflow {release}, which restore installs; "
