@@ -8,23 +8,34 @@ export CONTAINERS_CONF := $(CURDIR)/cli/mlops_provision/sandbox/containers.conf
 # One wheelhouse and one image cache shared by the demo, Molecule and the e2e tests.
 export MLOPS_PROVISION_CACHE ?= $(HOME)/.cache/mlops-provision
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# What users install (scripts/install_built.sh): the wheel in a venv outside the checkout, and
+# pipx's install of it. The demo, the e2e tests and the benchmarks run these, not .venv's.
+export MLOPS_PROVISION_INSTALLED_ROOT ?= $(HOME)/.cache/mlops-provision-installed
+INSTALLED_CLI := $(MLOPS_PROVISION_INSTALLED_ROOT)/venv/bin/mlops-provision
+PIPX_CLI := $(MLOPS_PROVISION_INSTALLED_ROOT)/pipx/bin/mlops-provision
+# The end-to-end tests run as a user's install would: no project ansible.cfg.
+AS_INSTALLED := env -u ANSIBLE_CONFIG MLOPS_PROVISION_CLI=$(INSTALLED_CLI) MLOPS_PROVISION_PIPX_CLI=$(PIPX_CLI) \
+    MLOPS_PROVISION_COLLECTION_DIR=$(CURDIR)/.cache/dist/collection
 # The mlflow clients of tests and benchmarks send no usage telemetry anywhere.
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: setup demo test lint unit molecule molecule-all e2e e2e-scale-out images bench clean-sandboxes
+.PHONY: setup installed demo test lint unit molecule molecule-all e2e e2e-scale-out images bench clean-sandboxes
 
 setup:
 	@bash scripts/setup.sh
+
+installed: setup
+	@bash scripts/install_built.sh
 
 images: setup
 	mlops-provision sandbox image --distro debian12
 	mlops-provision sandbox image --distro debian13
 
-demo: setup
-	mlops-provision sandbox up --name vm1
-	mlops-provision deploy --host vm1
-	mlops-provision health --host vm1 --deep
+demo: installed
+	$(INSTALLED_CLI) sandbox up --name vm1
+	$(INSTALLED_CLI) deploy --host vm1
+	$(INSTALLED_CLI) health --host vm1 --deep
 
 lint: setup
 	ruff check cli tests scripts molecule
@@ -51,20 +62,20 @@ molecule-all: images
 
 # Two lanes at once (the shared-server modules, and the rest); E2E_LANES=1 for one session.
 # Prints each lane's output, the slowest tests and the time per module (docs/testing.md).
-e2e: images
-	bash scripts/e2e_lanes.sh $(E2E_ARGS)
+e2e: images installed
+	$(AS_INSTALLED) bash scripts/e2e_lanes.sh $(E2E_ARGS)
 
 # Several servers behind HAProxy, rolls under load, the upgrade with one migration
 # (tests/e2e/test_scale_out.py): about 15 minutes alone on 2 cores, so kept out of `make test`.
-e2e-scale-out: images
-	pytest -q --durations=15 tests/e2e/test_scale_out.py
+e2e-scale-out: images installed
+	$(AS_INSTALLED) pytest -q --durations=15 tests/e2e/test_scale_out.py
 
 # Prints each stage's time at the end; docs/testing.md records them.
 test:
-	@bash scripts/timed_stages.sh setup images lint+unit+molecule e2e
+	@bash scripts/timed_stages.sh setup images lint+unit+molecule+installed e2e
 
-bench: images
-	python scripts/bench.py $(BENCH_ARGS)
+bench: images installed
+	MLOPS_PROVISION_CLI=$(INSTALLED_CLI) python scripts/bench.py $(BENCH_ARGS)
 
 clean-sandboxes: setup
 	for n in $$(mlops-provision sandbox list | awk 'NR>1 {print $$1}'); do mlops-provision sandbox down --name $$n; done

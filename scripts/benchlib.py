@@ -31,7 +31,8 @@ from types import FrameType
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
-CLI = VENV_BIN / "mlops-provision"
+# The CLI under test: what users install (`make bench` sets MLOPS_PROVISION_CLI), else .venv's.
+CLI = Path(os.environ.get("MLOPS_PROVISION_CLI") or VENV_BIN / "mlops-provision")
 # The mlflow clients of the benchmarks send no usage telemetry anywhere.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")

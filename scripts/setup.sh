@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 need=()
 for pair in podman:podman runc:runc debootstrap:debootstrap slirp4netns:slirp4netns \
             ssh:openssh-client ssh-keygen:openssh-client newuidmap:uidmap systemd-analyze:systemd \
-            node:nodejs npm:npm; do
+            node:nodejs npm:npm pipx:pipx; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then

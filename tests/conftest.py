@@ -12,7 +12,9 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-CLI = str(BIN / "mlops-provision")
+# The CLI under test: what users install (`make test` points MLOPS_PROVISION_CLI at the wheel
+# installed outside the checkout), else this venv's, for development.
+CLI = os.environ.get("MLOPS_PROVISION_CLI") or str(BIN / "mlops-provision")
 os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "cli/mlops_provision/sandbox/containers.conf"))
 # The mlflow clients the tests start send no usage telemetry anywhere.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

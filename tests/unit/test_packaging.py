@@ -55,3 +55,17 @@ def test_molecule_uses_the_current_sandbox_images() -> None:
     scenario = (ROOT / "molecule" / "default" / "molecule.yml").read_text()
     for distro in DISTROS:
         assert f"image: {image_name(distro)}\n" in scenario, distro
+
+
+def test_one_version_for_the_wheel_and_the_collection() -> None:
+    import tomllib
+    import yaml
+
+    wheel = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    galaxy = yaml.safe_load((ROOT / "galaxy.yml").read_text())
+    assert (galaxy["namespace"], galaxy["name"]) == ("mlops_provision", "mlflow")
+    assert galaxy["version"] == wheel
+    assert f"## {wheel} " in (ROOT / "CHANGELOG.md").read_text()
+    # The collection's tarball leaves out what is not Ansible content.
+    for left_out in ("cli", "tests", "molecule", "scripts", "docs", ".venv", ".cache"):
+        assert left_out in galaxy["build_ignore"], left_out
