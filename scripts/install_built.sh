@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What users install, built and installed the way they would: `python -m build` makes the sdist
 # and the wheel once (into .cache/dist), the wheel goes into a fresh venv outside the checkout
-# ($MLOPS_PROVISION_INSTALLED, default ~/.cache/mlops-provision-installed/venv), and pipx installs
+# ($MLOPS_PROVISION_INSTALLED_ROOT/venv, default ~/.cache/mlops-provision-installed), and pipx installs
 # the same wheel (~/.cache/mlops-provision-installed/pipx). The demo, the end-to-end tests and the
 # benchmarks run those binaries, never the checkout's editable install: a file in git but not in
 # the package fails there, as it would for a user.
@@ -34,6 +34,6 @@ if command -v pipx >/dev/null 2>&1; then
   echo "install: pipx install $(basename "$wheel") into $root/pipx"
   rm -rf "$root/pipx"
   PIPX_HOME="$root/pipx/home" PIPX_BIN_DIR="$root/pipx/bin" PIPX_MAN_DIR="$root/pipx/man" \
-    pipx install --quiet "$wheel" >/dev/null
+    pipx install "$wheel" >/dev/null 2>&1
 fi
 echo "install: ready ($root/venv/bin/mlops-provision)"
