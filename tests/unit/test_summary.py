@@ -196,6 +196,10 @@ def test_the_list_of_scheduled_backups_is_a_table_newest_first() -> None:
                                 "2026-12-01T04:30:00+00:00"]
     assert lines[-1] == ("  restore    mlops-provision restore --host vm1 "
                          "--from @mlflow-backup-vm1-20261201T000000Z.tar.gz")
+    listing["ignored"] = ["mlflow-backup-vm1-20990101T000000Z.tar.gz"]
+    lines = summary.backup_list_summary(_result(HostResult("vm1", ok=3, backup=listing))).splitlines()
+    assert lines[-1] == ("  ignored    1 other files there, not archives of this host with their summary: "
+                         "mlflow-backup-vm1-20990101T000000Z.tar.gz")
 
 
 def test_a_deploy_that_finished_a_killed_migration_says_so_before_its_own() -> None:
