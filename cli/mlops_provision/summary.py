@@ -220,9 +220,9 @@ def backup_list_summary(result: RunResult) -> str:
             lines.append(f"  restore    mlops-provision restore --host {name} --from @{found[0].get('name')}")
         ignored = [str(n) for n in h.backup.get("ignored", [])]
         if ignored:  # never offered for a restore, never removed by the timer
-            shown = ", ".join(n[:80] for n in ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
-            lines.append(f"  ignored    {len(ignored)} other files there, not archives of this host with their summary: "
-                         f"{shown}")
+            more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+            lines.append(f"  ignored    {len(ignored)} other files there, not archives of this host with their "
+                         f"summary: {', '.join(n[:80] for n in ignored[:5])}{more}")
     return "\n".join(lines)
 
 
