@@ -582,13 +582,19 @@ def _set_admin_password(auth_url: str, user: str, password: str) -> bool:
     values = {"h": generate_password_hash(password), "a": True, "u": user}
     path = db_schema._sqlite_path(auth_url)
     if path is not None:
-        with sqlite3.connect(path) as conn:
+        if not path.exists():
+            return False
+        with sqlite3.connect(f"file:{path}?mode=rw", uri=True) as conn:  # never creates a database
+            if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'users'").fetchone():
+                return False
             return conn.execute(query, values).rowcount > 0
     import sqlalchemy
 
     engine = db_schema._engine(auth_url)
     try:
         with engine.begin() as conn:
+            if not sqlalchemy.inspect(conn).has_table("users"):
+                return False
             return bool(conn.execute(sqlalchemy.text(query), values).rowcount)
     finally:
         engine.dispose()
@@ -656,7 +662,12 @@ def unpack(archive: str, owner: str, env_file: str, backup_dir: str, marker: str
             db_manifest = _db_manifest_for_this_host(staging["db"], urls)
             (staging["db"] / "manifest.json").write_text(json.dumps(db_manifest))
             restored = db_schema.restore(str(staging["db"]), owner)
-            admin_set = bool(urls["auth"] and admin_user and admin_password
+            # Only a user database that came from the archive: without one, MLflow makes the user
+            # database and its admin from basic_auth.ini at the first start.
+            auth_in_dump = bool(urls["auth"]) and db_schema._sqlite_path(urls["auth"]) is None  # one PostgreSQL
+            restored_auth = any(part["kind"] == "auth" for part in db_manifest["files"].values()) or (
+                db_schema.DUMP in db_manifest["files"] and auth_in_dump)
+            admin_set = bool(restored_auth and admin_user and admin_password
                              and _set_admin_password(urls["auth"], admin_user, admin_password))
             replaced = ""
             if artifacts_dir is not None:
