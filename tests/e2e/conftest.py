@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from scripts.benchlib import published_url
 
-from tests.conftest import CLI, wait_until_none_with_env
+from tests.conftest import BIN, CLI, wait_until_none_with_env
 
 os.environ["MLOPS_PROVISION_HOME"] = tempfile.mkdtemp(prefix="mlops-e2e-state-")
 SHARED_STATE = tempfile.mkdtemp(prefix="mlops-e2e-shared-state-")
@@ -189,9 +189,8 @@ def admin_env(vm: VM, *secrets_args: str) -> dict[str, str]:
 def mlflow_client(code: str, env: dict[str, str] | None = None) -> dict[str, object]:
     """Run code with the real mlflow client in the test venv; it prints one JSON line last."""
     import json
-    from pathlib import Path
 
-    proc = subprocess.run([str(Path(CLI).with_name("python")), "-c", code], env={**os.environ, **(env or {})},
+    proc = subprocess.run([str(BIN / "python"), "-c", code], env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from scripts.hand_install import install_and_start
 
-from tests.conftest import CLI, wait_until_none_with_env
+from tests.conftest import BIN, CLI, wait_until_none_with_env
 from tests.e2e.conftest import (
     LEAN,
     VM,
@@ -115,7 +115,7 @@ def test_a_server_with_data_backs_up_to_one_checked_archive(vm: VM, archives: Pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     DATA.update(write_real_data(vm, "backup"))
     # Eight clients keep writing metrics to that run while the backup copies the database.
-    writers = subprocess.Popen([str(Path(CLI).with_name("python")), "-c", WRITERS, vm.url, DATA["run_id"]],
+    writers = subprocess.Popen([str(BIN / "python"), "-c", WRITERS, vm.url, DATA["run_id"]],
                                env={**os.environ, **admin_env(vm)}, stdout=subprocess.PIPE, text=True)
     assert writers.stdout is not None and writers.stdout.readline().strip() == "writing"
     proc = cli("backup", "--host", vm.name, "--output", str(archives))

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CLI
+from tests.conftest import BIN
 from tests.e2e.conftest import VM, admin_env, cli
 
 pytestmark = pytest.mark.e2e
@@ -97,7 +97,7 @@ with tempfile.TemporaryDirectory() as d:
                       "same": hashlib.sha256(open(back, "rb").read()).hexdigest() == hashlib.sha256(blob).hexdigest(),
                       "run_id": run.info.run_id, "exp": run.info.experiment_id}}))
 """
-    proc = subprocess.run([os.environ.get("PYTHON", str(Path(CLI).with_name("python"))), "-c", code],
+    proc = subprocess.run([os.environ.get("PYTHON", str(BIN / "python")), "-c", code],
                           env={**os.environ, **admin_env(vm)}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI
+from tests.conftest import BIN
 from tests.e2e.conftest import VM, PodmanNetwork, cli, deploy_until, podman_network
 from tests.fleet import (
     BUCKET,
@@ -178,7 +178,7 @@ with tempfile.TemporaryDirectory() as d:
 print(json.dumps({"ids": sorted(ids), "sha": hashlib.sha256(blob).hexdigest(), "seen": seen}))
 """
     s1, s2 = fleet.servers
-    proc = subprocess.run([str(Path(CLI).with_name("python")), "-c", code, lb_url(fleet), s1.url, s2.url],
+    proc = subprocess.run([str(BIN / "python"), "-c", code, lb_url(fleet), s1.url, s2.url],
                           env={**os.environ, **admin(fleet), **PROXY_ONLY}, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -440,7 +440,7 @@ with mlflow.start_run() as run:
 print(MlflowClient().get_run(run.info.run_id).data.metrics["acc"])
 """
     env = {**os.environ, **admin(fleet), **PROXY_ONLY, "MLFLOW_TRACKING_SERVER_CERT_PATH": str(ca)}
-    logged = subprocess.run([str(Path(CLI).with_name("python")), "-c", code, url], env=env, capture_output=True,
+    logged = subprocess.run([str(BIN / "python"), "-c", code, url], env=env, capture_output=True,
                             text=True, timeout=300)
     assert logged.returncode == 0, logged.stderr[-3000:]
     assert logged.stdout.strip().splitlines()[-1] == "0.75"
