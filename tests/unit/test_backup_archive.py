@@ -296,7 +296,7 @@ def test_finish_keeps_replaced_artifacts_and_removes_an_empty_replaced_dir(archi
     with_data = _target_with_data(tmp_path)
     out = _unpack(site, with_data, archive, tmp_path)
     assert _run(site, with_data, "finish", "--marker", str(marker)) == {
-        "ok": True, "finished": True, "replaced_artifacts": out["replaced_artifacts"]}
+        "ok": True, "finished": True, "replaced_artifacts": out["replaced_artifacts"], "pruned": []}
     assert not marker.exists() and Path(out["replaced_artifacts"], "0", "r1", "mine.txt").exists()
     empty = _server(tmp_path, "empty")
     (empty / "data" / "artifacts").mkdir()
@@ -568,3 +568,23 @@ def test_the_restored_admin_logs_in_with_this_hosts_password_not_the_archives(si
     assert hashlib.scrypt(b"the-target-password", salt=salt.encode(), n=n, r=r, p=p,
                           maxmem=132 * n * r * p).hex() == digest
     assert "the-target-password" not in json.dumps(out)
+
+
+def test_finish_keeps_the_newest_pre_restore_backups_and_replaced_artifacts(site: Path, tmp_path: Path) -> None:
+    """Each is as large as the store it replaced: they were never pruned."""
+    backups, data = tmp_path / "backups", tmp_path / "data"
+    for stamp in ("20260101T000000Z", "20260102T000000Z", "20260103T000000Z", "20990101T000000Z"):
+        (backups / f"pre-restore-{stamp}").mkdir(parents=True)
+        (data / f"artifacts.replaced-{stamp}").mkdir(parents=True)
+        (data / f"artifacts.replaced-{stamp}" / "x").write_text("old")
+    (backups / "pre-restore-mine").mkdir()
+    (data / "artifacts").mkdir()
+    marker = tmp_path / "marker.json"
+    marker.write_text(json.dumps({"backup": str(backups / "pre-restore-20260103T000000Z"),
+                                  "artifacts_dir": str(data / "artifacts"), "stamp": "20260103T000000Z"}))
+    out = _run(site, tmp_path, "finish", "--marker", str(marker), "--keep", "2")
+    assert sorted(Path(p).name for p in out["pruned"]) == ["artifacts.replaced-20260101T000000Z",
+                                                            "pre-restore-20260101T000000Z"]
+    assert sorted(p.name for p in backups.iterdir()) == ["pre-restore-20260102T000000Z", "pre-restore-20260103T000000Z",
+                                                         "pre-restore-20990101T000000Z", "pre-restore-mine"]
+    assert out["replaced_artifacts"] == str(data / "artifacts.replaced-20260103T000000Z")

@@ -13,7 +13,8 @@
                                        artifacts where this host's configuration keeps them; a
                                        failed check changes nothing. First writes the marker M:
                                        what puts the server back (DIR, the replaced artifacts)
-    finish --marker M                  the restored server is proven: M goes
+    finish --marker M [--keep N]       the restored server is proven: M goes, and all but the newest N
+                                       pre-restore backups and replaced artifact directories
     putback --marker M --owner U       undo an unfinished restore (killed, or failed verify)
     check  --archive FILE              the checks alone
     verify --archive FILE              the manifest's signature alone (on the control node)
@@ -689,21 +690,44 @@ def unpack(archive: str, owner: str, env_file: str, backup_dir: str, marker: str
             "admin_password": "this host's" if admin_set else ""}
 
 
-def finish(marker: str) -> dict[str, Any]:
-    """The restored server is proven: the marker goes, then an empty replaced directory."""
+def _prune(folder: Path, prefix: str, keep: int, current: Path | None) -> list[str]:
+    """Remove all but the newest `keep` of folder/<prefix><UTC time> (this restore's own, current,
+    always stays; names of another form, or dated in the future, are never counted nor removed)."""
+    horizon = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)).strftime("%Y%m%dT%H%M%SZ")
+    pattern = re.compile(re.escape(prefix) + r"(\d{8}T\d{6}Z)$")
+    found = sorted((m.group(1), path) for path in folder.glob(prefix + "*")
+                   if (m := pattern.match(path.name)) and m.group(1) <= horizon and path.is_dir()
+                   and not path.is_symlink())
+    older = [path for _, path in found if path != current]
+    removed = []
+    for path in older[:max(len(older) - max(keep - 1, 0), 0)]:
+        shutil.rmtree(path)
+        removed.append(str(path))
+    return removed
+
+
+def finish(marker: str, keep: int = 2) -> dict[str, Any]:
+    """The restored server is proven: the marker goes, then an empty replaced directory, and all
+    but the newest `keep` pre-restore backups and replaced artifact directories (each as large
+    as what it holds)."""
     path = Path(marker)
     if not path.exists():
         return {"ok": True, "finished": False}
     info = json.loads(path.read_text())
     path.unlink()
-    kept = ""
+    kept, pruned = "", []
+    if info.get("backup"):
+        backup = Path(info["backup"])
+        pruned += _prune(backup.parent, "pre-restore-", keep, backup)
     if info.get("artifacts_dir"):
-        aside = _artifact_paths(Path(info["artifacts_dir"]), info["stamp"])[1]
+        artifacts_dir = Path(info["artifacts_dir"])
+        aside = _artifact_paths(artifacts_dir, info["stamp"])[1]
         if aside.is_dir() and not any(aside.iterdir()):
             aside.rmdir()
         elif aside.exists():
             kept = str(aside)
-    return {"ok": True, "finished": True, "replaced_artifacts": kept}
+        pruned += _prune(artifacts_dir.parent, artifacts_dir.name + ".replaced-", keep, aside)
+    return {"ok": True, "finished": True, "replaced_artifacts": kept, "pruned": pruned}
 
 
 def putback(marker: str, owner: str) -> dict[str, Any]:
@@ -747,7 +771,9 @@ def main() -> int:
     unpack_parser.add_argument("--marker", required=True)
     unpack_parser.add_argument("--undo-backup", required=True)
     unpack_parser.add_argument("--admin-user", default="", help="its password on stdin")
-    sub.add_parser("finish").add_argument("--marker", required=True)
+    finish_parser = sub.add_parser("finish")
+    finish_parser.add_argument("--marker", required=True)
+    finish_parser.add_argument("--keep", type=int, default=2, help="pre-restore backups and replaced artifacts kept")
     putback_parser = sub.add_parser("putback")
     putback_parser.add_argument("--marker", required=True)
     putback_parser.add_argument("--owner", required=True)
@@ -786,7 +812,7 @@ def main() -> int:
         elif args.command == "adopt":
             result = adopt(args.sqlite, args.artifacts, args.dest, args.host, args.key_file)
         elif args.command == "finish":
-            result = finish(args.marker)
+            result = finish(args.marker, args.keep)
         elif args.command == "putback":
             result = putback(args.marker, args.owner)
         elif args.command == "scheduled":
