@@ -14,8 +14,8 @@ echo "install: python -m build (sdist and wheel)"
 .venv/bin/python -m build --outdir "$dist" . >.cache/build.log 2>&1 || { cat .cache/build.log; exit 1; }
 wheel=$(ls "$dist"/mlops_provision-*.whl)
 ls "$dist"/mlops_provision-*.tar.gz >/dev/null
-echo "install: ansible-galaxy collection build (mlops_provision.mlflow)"
-.venv/bin/ansible-galaxy collection build --output-path "$dist/collection" . >>.cache/build.log 2>&1 \
+echo "install: the Ansible collection mlops_provision.mlflow (scripts/build_collection.py)"
+.venv/bin/python scripts/build_collection.py --output-path "$dist/collection" >>.cache/build.log 2>&1 \
   || { cat .cache/build.log; exit 1; }
 # The version in the wheel's name is the one pyproject.toml and galaxy.yml agree on.
 echo "install: $(basename "$wheel") into $root/venv"
