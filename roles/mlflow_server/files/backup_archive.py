@@ -18,7 +18,8 @@
     putback --marker M --owner U       undo an unfinished restore (killed, or failed verify)
     check  --archive FILE              the checks alone
     verify --archive FILE              the manifest's signature alone (on the control node)
-    An archive is signed (manifest.sig: HMAC-SHA256 of manifest.json) with the key in KEY_FILE,
+    An archive is signed (manifest.sig: HMAC-SHA256 of manifest.json) with the key in --key-file
+    (default: backup-signing.key beside the environment file),
     which the deploy derives for this host from the control node's backup signing key.
     scheduled --dir D --keep N --host NAME
                                        create D/mlflow-backup-NAME-<UTC time>.tar.gz with a JSON
@@ -758,7 +759,8 @@ def putback(marker: str, owner: str) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env-file", default="/etc/mlflow/mlflow.env")
-    parser.add_argument("--key-file", default=KEY_FILE, help="this host's archive signing key")
+    parser.add_argument("--key-file", default="", help="this host's archive signing key (default: "
+                                                       "backup-signing.key beside the environment file)")
     sub = parser.add_subparsers(dest="command", required=True)
     create_parser = sub.add_parser("create")
     create_parser.add_argument("--dest", required=True)
@@ -800,6 +802,7 @@ def main() -> int:
     adopt_parser.add_argument("--dest", required=True)
     adopt_parser.add_argument("--host", required=True)
     args = parser.parse_args()
+    args.key_file = args.key_file or str(Path(args.env_file).with_name("backup-signing.key"))
     trust = {"manifest_sha256": getattr(args, "manifest_sha256", None), "host": getattr(args, "own_host", None),
              "unverified": getattr(args, "unverified", False), "key_file": args.key_file,
              "signing_key": sys.stdin.readline().strip() if getattr(args, "signing_key_stdin", False) else None}
