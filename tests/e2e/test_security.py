@@ -139,6 +139,19 @@ print(json.dumps({{"metrics": mlflow.get_run(run.info.run_id).data.metrics}}))
     assert "kept in the secrets store" in proc.stdout and old not in proc.stdout
     assert status(vm.url + PROTECTED, "admin", admin_password(vm)) == 200
     ADMIN_PASSWORDS.append(admin_password(vm))
+    # status logs in with this machine's (new) password at once: it once showed VERSION - and
+    # "answered 401", exit 1, until the next deploy.
+    proc = cli("status", "--host", vm.name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3.17.2" in proc.stdout and "401" not in proc.stdout
+    # A taken name is refused before anything changes, with no server error and no password hash.
+    proc = subprocess.run([CLI, "user", "add", "--host", vm.name, "alice", "--password-stdin"],
+                          input="another-password-for-alice\n", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (f"user add: alice already exists on {vm.name}; to change the password use: mlops-provision user "
+            f"passwd --host {vm.name} alice") in proc.stderr
+    assert not re.search(r"scrypt|pbkdf2|another-password-for-alice", proc.stdout + proc.stderr)
+    assert status(vm.url + PROTECTED, "alice", "a-new-password-for-alice") == 200
     # Each bound counts from its own change: a worker cached the old login at the latest then.
     alice_last, alice_clean = _refused_by_every_worker(vm, [("alice", alice)], alice_changed)
     admin_last, admin_clean = _refused_by_every_worker(vm, [("admin", old)], admin_changed)
