@@ -9,6 +9,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${MLOPS_PROVISION_INSTALLED_ROOT:-$HOME/.cache/mlops-provision-installed}
 dist=.cache/dist
+# Nothing to do when what goes into the packages is what the last install was built from
+# (`make test` runs this once beside lint, and `make e2e` asks again).
+stamp=$(git ls-files -z cli roles playbooks templates meta pyproject.toml galaxy.yml README.md CHANGELOG.md \
+          scripts/build_collection.py scripts/install_built.sh | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+if [[ -f $root/stamp && $(cat "$root/stamp") == "$stamp" && -x $root/venv/bin/mlops-provision \
+      && -n $(ls "$dist"/collection/mlops_provision-mlflow-*.tar.gz 2>/dev/null) ]]; then
+  echo "install: up to date ($root/venv/bin/mlops-provision)"
+  exit 0
+fi
+rm -f "$root/stamp"
 rm -rf "$dist"
 echo "install: python -m build (sdist and wheel)"
 .venv/bin/python -m build --outdir "$dist" . >.cache/build.log 2>&1 || { cat .cache/build.log; exit 1; }
@@ -36,4 +46,5 @@ if command -v pipx >/dev/null 2>&1; then
   PIPX_HOME="$root/pipx/home" PIPX_BIN_DIR="$root/pipx/bin" PIPX_MAN_DIR="$root/pipx/man" \
     pipx install "$wheel" >/dev/null 2>&1
 fi
+echo "$stamp" >"$root/stamp"
 echo "install: ready ($root/venv/bin/mlops-provision)"
