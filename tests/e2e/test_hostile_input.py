@@ -337,9 +337,11 @@ def baseline(vm: VM) -> str:
     Path(PWNED).unlink(missing_ok=True)
     snap = _snapshot(vm)
     assert "MainPID=0" not in snap and "ActiveEnterTimestamp=\n" not in snap, snap
-    # mlflow.env, basic_auth.ini (auth is on by default) and the unit, and the proven copies of
-    # all three plus the name of their venv in /etc/mlflow/previous/ (the rollback target).
-    assert snap.count("/etc/") == 7 and snap.count("/etc/mlflow/previous/") == 4 and PWNED not in snap, snap
+    # mlflow.env, basic_auth.ini (auth is on by default), the archive signing key and the unit,
+    # and the proven copies of env, ini and unit plus the name of their venv in
+    # /etc/mlflow/previous/ (the rollback target).
+    assert snap.count("/etc/") == 8 and snap.count("/etc/mlflow/previous/") == 4 and PWNED not in snap, snap
+    assert "/etc/mlflow/backup-signing.key" in snap
     return snap
 
 
