@@ -99,7 +99,8 @@ def test_the_upgrade_to_the_pinned_release_migrates_postgresql_after_a_pg_dump(v
     manifest = json.loads(vm.sh(f"cat {backup.group(1)}/manifest.json"))
     assert list(manifest["files"]) == ["mlflow.pgdump"]  # one dump holds the tracking and user tables
     assert manifest["databases"]["tracking"] == {"revision": OLD_HEAD, "counts": {
-        "experiments": 2, "runs": 1, "metrics": 1, "params": 1, "registered_models": 1, "model_versions": 1}}
+        "experiments": 2, "runs": 1, "metrics": 1, "params": 1, "registered_models": 1, "model_versions": 1,
+        "trace_info": 0, "logged_models": 0}}
     assert vm.sh(f"stat -c '%a %U' {backup.group(1)}/mlflow.pgdump").strip() == "600 root"
     assert vm.sh("runuser -u postgres -- psql -d mlflow -tAc 'SELECT version_num FROM alembic_version'"
                  ).strip() == NEW_HEAD
