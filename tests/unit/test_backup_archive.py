@@ -588,3 +588,19 @@ def test_finish_keeps_the_newest_pre_restore_backups_and_replaced_artifacts(site
     assert sorted(p.name for p in backups.iterdir()) == ["pre-restore-20260102T000000Z", "pre-restore-20260103T000000Z",
                                                          "pre-restore-20990101T000000Z", "pre-restore-mine"]
     assert out["replaced_artifacts"] == str(data / "artifacts.replaced-20260103T000000Z")
+
+
+def test_the_host_key_derivation_is_the_same_in_the_role_and_on_the_control_node() -> None:
+    """The role derives each host's key with its filter (signing_key.yml); restore verifies on the
+    control node with backup_archive.py's own copy of the derivation: the two must agree."""
+    from tests.conftest import load_module
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        script = load_module(SCRIPT, "backup_archive_keys")
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    for host in ("vm-a", "db1.example.internal", "ünïcode"):
+        assert script.archive_host_key(CONTROL_KEY, host) == _host_key(CONTROL_KEY, host)
+        assert script.archive_host_key(CONTROL_KEY + "\n", host) == _host_key(CONTROL_KEY, host)
+    assert _host_key(CONTROL_KEY, "vm-a") != _host_key(CONTROL_KEY, "vm-b")
