@@ -3,10 +3,15 @@ lane ran it) and slowest tests, from the JUnit XML files that `make e2e` writes 
 .cache/e2e-junit-*.xml). Used for docs/testing.md.
 
     python scripts/test_times.py .cache/e2e-junit-*.xml
+    python scripts/test_times.py --write tests/e2e/module_times.json .cache/e2e-junit-*.xml
+
+--write also stores the seconds per module as JSON, which scripts/e2e_plan.py reads to balance
+the two lanes (commit it after a full clean-clone run).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -14,7 +19,11 @@ from pathlib import Path
 
 
 def main() -> int:
-    paths = [Path(arg) for arg in sys.argv[1:]] or sorted(Path(".cache").glob("e2e-junit-*.xml"))
+    args = sys.argv[1:]
+    write = None
+    if args[:1] == ["--write"]:
+        write, args = Path(args[1]), args[2:]
+    paths = [Path(arg) for arg in args] or sorted(Path(".cache").glob("e2e-junit-*.xml"))
     trees = [ET.parse(path) for path in paths]  # noqa: S314 - our own pytest runs wrote them
     cases = [case for tree in trees for case in tree.getroot().iter("testcase")]
     per_module: dict[str, float] = defaultdict(float)
@@ -32,6 +41,9 @@ def main() -> int:
     print(f"| total | {sum(count.values())} | {sum(per_module.values()):.0f} |\n")
     for seconds, name in sorted(rows, reverse=True)[:15]:
         print(f"{seconds:7.1f} s  {name}")
+    if write:
+        ordered = dict(sorted((module, round(seconds)) for module, seconds in per_module.items()))
+        write.write_text(json.dumps(ordered, indent=1) + "\n")
     return 0
 
 

@@ -14,7 +14,6 @@ from scripts.benchlib import http_ok
 from tests.e2e.conftest import LEAN, VM, cli
 
 pytestmark = pytest.mark.e2e
-E2E_LANE = "shared"  # scripts/e2e_lanes.sh: evens out the lanes
 CUT = ("nft -f - <<'EOF'\n"
        "table inet airgap {\n chain output {\n  type filter hook output priority 0; policy drop;\n"
        "  oif lo accept\n  ct state established,related accept\n }\n}\nEOF")

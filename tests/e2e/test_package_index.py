@@ -25,7 +25,6 @@ from tests.conftest import ROOT
 from tests.e2e.conftest import LEAN, VM, cli, ensure_deployed, places_where_secrets_must_not_be
 
 pytestmark = pytest.mark.e2e
-E2E_LANE = "shared"  # scripts/e2e_lanes.sh: evens out the lanes
 PROXY_PASSWORD = "pr0xy-S3cret-Zq"
 CA_ON_HOST = "/etc/ssl/mlops-test-index-ca.pem"
 OUTPUTS: list[str] = []

@@ -26,7 +26,6 @@ from tests.e2e.conftest import VM, admin_env, cli, mlflow_client, places_where_s
 pytestmark = pytest.mark.e2e
 # 2 workers, not conftest.LEAN: the connection-budget test counts two processes' pools.
 TWO_WORKERS = ("--workers", "2")
-E2E_LANE = "shared"  # scripts/e2e_lanes.sh: in the shared-server modules' session, evening out the lanes
 OUTPUTS: list[str] = []  # every CLI output of this module, checked for the password at the end
 
 

@@ -17,7 +17,6 @@ from tests.e2e.conftest import LEAN, VM, cli, places_where_secrets_must_not_be, 
 from tests.e2e.test_artifacts import log_big_artifact
 
 pytestmark = pytest.mark.e2e
-E2E_LANE = "shared"  # scripts/e2e_lanes.sh: evens out the lanes
 STORE_USER = "mlstore"
 STORE_DIR = "/srv/mlflow-artifacts"
 OUTPUTS: list[str] = []

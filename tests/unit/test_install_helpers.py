@@ -100,16 +100,24 @@ def test_no_bytecode_is_made_for_a_host_whose_python_or_architecture_differs(tmp
     assert not (tmp_path / "wheels" / "bytecode").exists()
 
 
-def overlay(wheels: Path, magic: str) -> None:
-    pyc = wheels / "bytecode" / "pkg" / "__pycache__" / "mod.cpython-311.pyc"
+def overlay(wheels: Path, magic: str, package: str = "pkg") -> None:
+    pyc = wheels / "bytecode" / package / "__pycache__" / "mod.cpython-311.pyc"
     pyc.parent.mkdir(parents=True)
     pyc.write_bytes(b"compiled")
     (wheels / "bytecode" / "MAGIC").write_text(magic + "\n")
 
 
+def site_of(venv: Path, *installed: str) -> Path:
+    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    for package in installed:
+        (site / package).mkdir(parents=True)
+        (site / package / "mod.py").write_text("")
+    return site
+
+
 def test_the_control_nodes_bytecode_goes_into_site_packages_only_for_the_same_python(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    site = site_of(venv, "pkg")
     overlay(tmp_path / "same", importlib.util.MAGIC_NUMBER.hex())
     assert venv_install.apply_bytecode(tmp_path / "same", venv) == 1
     assert (site / "pkg" / "__pycache__" / "mod.cpython-311.pyc").read_bytes() == b"compiled"
@@ -118,6 +126,20 @@ def test_the_control_nodes_bytecode_goes_into_site_packages_only_for_the_same_py
     assert venv_install.apply_bytecode(tmp_path / "other", tmp_path / "venv2") == 0
     assert not (tmp_path / "venv2").exists()
     assert venv_install.apply_bytecode(tmp_path / "none", venv) == 0
+
+
+def test_bytecode_of_a_package_this_venv_does_not_have_is_left_out(tmp_path: Path) -> None:
+    """The wheelhouse holds every store client; a venv without one gets none of its bytecode,
+    which would leave directories that import as (empty) namespace packages."""
+    venv = tmp_path / "venv"
+    site = site_of(venv, "pkg")
+    overlay(tmp_path / "wheels", importlib.util.MAGIC_NUMBER.hex(), package="pkg")
+    overlay_azure = tmp_path / "wheels" / "bytecode" / "azure" / "storage" / "__pycache__" / "blob.cpython-311.pyc"
+    overlay_azure.parent.mkdir(parents=True)
+    overlay_azure.write_bytes(b"compiled")
+    assert venv_install.apply_bytecode(tmp_path / "wheels", venv) == 1
+    assert (site / "pkg" / "__pycache__" / "mod.cpython-311.pyc").exists()
+    assert not (site / "azure").exists()
 
 
 def me() -> tuple[str, str]:

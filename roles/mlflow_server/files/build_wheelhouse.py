@@ -14,6 +14,7 @@ which modules and why). The host applies them only when its Python's magic numbe
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib.util
 import json
 import os
@@ -184,10 +185,18 @@ def main() -> int:
     cache = Path(os.path.expanduser(args.cache_dir))
     cache.mkdir(parents=True, exist_ok=True)
     tarball = cache / f"{args.key}.tar"
-    if tarball.exists():
-        print(json.dumps({"changed": False, "tarball": str(tarball)}))
-        return 0
+    # Another run on this control node building the same key (a colleague's deploy, another
+    # fleet): wait for it and use its tarball instead of downloading everything a second time.
+    with open(cache / f"{args.key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tarball.exists():
+            print(json.dumps({"changed": False, "tarball": str(tarball)}))
+            return 0
+        return build(args, cache, tarball)
 
+
+def build(args: argparse.Namespace, cache: Path, tarball: Path) -> int:
+    """Download the wheels (and build the source-only ones), add the bytecode, write the tarball."""
     abi = "cp" + args.python.replace(".", "")
     with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
         dest = Path(tmp) / "wheels"

@@ -68,6 +68,10 @@ def apply_bytecode(wheelhouse: Path, venv: Path) -> int:
             if not name.endswith(".pyc"):
                 continue
             target = site / os.path.relpath(os.path.join(root, name), overlay)
+            # The wheelhouse holds every store client; a venv has only this host's: bytecode of
+            # a package not installed would leave directories that import as namespace packages.
+            if not (target.parent.parent / (name.split(".", 1)[0] + ".py")).is_file():
+                continue
             if not target.parent.is_dir():
                 target.parent.mkdir(parents=True)
                 target.parent.chmod(0o755)
