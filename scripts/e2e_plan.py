@@ -33,7 +33,8 @@ def plan(modules: list[Path], times: dict[str, float]) -> tuple[list[Path], list
     lanes: list[list[tuple[float, list[Path]]]] = [[], []]
     for block in sorted(blocks, key=lambda b: -b[0]):
         min(lanes, key=lambda lane: sum(t for t, _ in lane)).append(block)
-    return tuple([m for _, block in lane for m in block] for lane in lanes)  # type: ignore[return-value]
+    first, second = ([m for _, block in lane for m in block] for lane in lanes)
+    return first, second
 
 
 def main() -> int:
