@@ -40,4 +40,16 @@ if [[ ! -x .cache/azurite/node_modules/.bin/azurite-blob ]]; then
   mkdir -p .cache/azurite
   (cd .cache/azurite && npm install --silent --no-audit --no-fund azurite@3 >/dev/null)
 fi
+# promtool, for the alert rules' unit tests (tests/unit/test_alert_rules.py): Debian's prometheus
+# package unpacked into .cache/prometheus, not installed, so no Prometheus service starts here.
+if [[ ! -x .cache/prometheus/usr/bin/promtool ]]; then
+  echo "setup: apt-get download prometheus (for promtool) into .cache/prometheus"
+  deb_dir=$(mktemp -d)
+  chmod 755 "$deb_dir"  # apt's download user may write there
+  (cd "$deb_dir" && { apt-get download prometheus >/dev/null 2>&1 \
+                      || { apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; })
+  mkdir -p .cache/prometheus
+  dpkg-deb -x "$deb_dir"/prometheus_*.deb .cache/prometheus
+  rm -rf "$deb_dir"
+fi
 echo "setup: ready"

@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(render)
     render.add_argument("--output-dir", metavar="DIR", help="write files here instead of printing them")
 
+    sub.add_parser("alert-rules", help="print the Prometheus alert rules for MLflow servers and load balancers "
+                                       "(docs/alerting.md)")
+
     health = sub.add_parser("health", help="check /health and /version (--deep: a real round trip)")
     _target_options(health, ansible=False)
     health.add_argument("--url", action="append", default=[], help="check this URL instead of hosts")

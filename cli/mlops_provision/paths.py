@@ -1,4 +1,4 @@
-"""Where things live: shipped resources (playbooks, roles, templates) and per-user state."""
+"""Where things live: shipped resources (playbooks, roles, templates, alert rules) and per-user state."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ def roles_dir() -> Path:
 
 def templates_dir() -> Path:
     return resource_root() / "templates"
+
+
+def alert_rules_file() -> Path:
+    """The Prometheus alert rules (docs/alerting.md)."""
+    return resource_root() / "prometheus" / "mlflow-alerts.rules.yml"
 
 
 def role_defaults() -> list[Path]:

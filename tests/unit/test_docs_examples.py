@@ -47,6 +47,7 @@ def _commands(body: str) -> list[str]:
     lines = []
     for raw in body.splitlines():
         line = re.sub(r"\s+#.*$", "", raw.removeprefix("$ ")).strip()
+        line = re.sub(r"\s+>\s*\S+$", "", line)  # output redirected to a file: the command is what is checked
         if line and not line.startswith("#"):
             lines.append(line)
     return lines

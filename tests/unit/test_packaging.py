@@ -1,4 +1,4 @@
-"""`pip install .` (not only editable) carries playbooks, roles and templates inside the wheel."""
+"""`pip install .` (not only editable) carries playbooks, roles, templates and the alert rules inside the wheel."""
 
 from __future__ import annotations
 
@@ -23,18 +23,21 @@ def test_wheel_carries_playbooks_roles_templates_and_renders_from_them(tmp_path:
                      "mlops_provision/roles/mlflow_server/meta/argument_specs.yml",
                      "mlops_provision/roles/mlflow_server/files/build_wheelhouse.py",
                      "mlops_provision/templates/mlflow.service.j2", "mlops_provision/templates/mlflow.env.j2",
-                     "mlops_provision/sandbox/containers.conf"):
+                     "mlops_provision/sandbox/containers.conf",
+                     "mlops_provision/prometheus/mlflow-alerts.rules.yml"):
         assert required in names, required
     # Every tracked file of the shipped trees is in the wheel, and nothing of tests/ or docs/ is.
-    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "roles", "playbooks", "templates"],
+    tracked = subprocess.run(["git", "-C", str(ROOT), "ls-files", "roles", "playbooks", "templates",
+                              "prometheus"],
                              check=True, capture_output=True, text=True).stdout.split()
     assert tracked, "git ls-files found nothing: not a checkout?"
     missing = sorted(f for f in tracked if "mlops_provision/" + f not in names)
     assert not missing, f"in git but not in the wheel: {missing}"
     shipped_data = {n.split("/", 1)[1] for n in names
                     if n.startswith(("mlops_provision/roles/", "mlops_provision/playbooks/",
-                                     "mlops_provision/templates/"))}
-    assert shipped_data <= set(tracked) | {f"{top}/__init__.py" for top in ("roles", "playbooks", "templates")}, (
+                                     "mlops_provision/templates/", "mlops_provision/prometheus/"))}
+    assert shipped_data <= set(tracked) | {f"{top}/__init__.py" for top in ("roles", "playbooks", "templates",
+                                                                             "prometheus")}, (
         sorted(shipped_data - set(tracked)))
     assert not [n for n in names if n.startswith(("tests/", "docs/", "mlops_provision/tests/"))]
 

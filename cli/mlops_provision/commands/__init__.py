@@ -6,13 +6,24 @@ from __future__ import annotations
 
 import argparse
 
-from mlops_provision.commands import backup, deploy, destroy, health, render, restore, sandbox, status, user
+from mlops_provision.commands import (
+    alert_rules,
+    backup,
+    deploy,
+    destroy,
+    health,
+    render,
+    restore,
+    sandbox,
+    status,
+    user,
+)
 
 
 def dispatch(args: argparse.Namespace) -> int:
     handler = {
         "deploy": deploy.deploy, "render": render.render, "health": health.health, "destroy": destroy.destroy,
         "sandbox": sandbox.sandbox, "user": user.user, "backup": backup.backup, "restore": restore.restore,
-        "status": status.status,
+        "status": status.status, "alert-rules": alert_rules.alert_rules,
     }[args.command]
     return handler(args)
