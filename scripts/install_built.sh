@@ -11,7 +11,7 @@ root=${MLOPS_PROVISION_INSTALLED_ROOT:-$HOME/.cache/mlops-provision-installed}
 dist=.cache/dist
 # Nothing to do when what goes into the packages is what the last install was built from
 # (`make test` runs this once beside lint, and `make e2e` asks again).
-stamp=$(git ls-files -z cli roles playbooks templates meta pyproject.toml galaxy.yml README.md CHANGELOG.md \
+stamp=$(git ls-files -z cli roles playbooks templates prometheus meta pyproject.toml galaxy.yml README.md CHANGELOG.md \
           scripts/build_collection.py scripts/install_built.sh | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 if [[ -f $root/stamp && $(cat "$root/stamp") == "$stamp" && -x $root/venv/bin/mlops-provision \
       && -n $(ls "$dist"/collection/mlops_provision-mlflow-*.tar.gz 2>/dev/null) ]]; then
