@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-COPIED = ("galaxy.yml", "README.md", "CHANGELOG.md", "meta", "roles", "playbooks", "templates")
+COPIED = ("galaxy.yml", "README.md", "CHANGELOG.md", "meta", "roles", "playbooks", "templates", "prometheus")
 
 
 def filter_names(plugin_files: list[Path]) -> list[str]:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import CLI, ROOT
-from tests.e2e.conftest import VM
+from tests.e2e.conftest import VM, cli
 
 pytestmark = pytest.mark.e2e
 
@@ -62,6 +62,8 @@ def collections(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     str(target)], check=True, capture_output=True)
     installed = target / "ansible_collections" / "mlops_provision" / "mlflow"
     assert (installed / "roles" / "mlflow_server" / "tasks" / "main.yml").is_file()
+    # The alert rules ship in the collection too, the same file `mlops-provision alert-rules` prints.
+    assert (installed / "prometheus" / "mlflow-alerts.rules.yml").read_text() == cli("alert-rules").stdout
     assert not (installed / "tests").exists() and not (installed / "cli").exists()
     return target
 
