@@ -40,16 +40,22 @@ if [[ ! -x .cache/azurite/node_modules/.bin/azurite-blob ]]; then
   mkdir -p .cache/azurite
   (cd .cache/azurite && npm install --silent --no-audit --no-fund azurite@3 >/dev/null)
 fi
-# promtool, for the alert rules' unit tests (tests/unit/test_alert_rules.py): Debian's prometheus
-# package unpacked into .cache/prometheus, not installed, so no Prometheus service starts here.
-if [[ ! -x .cache/prometheus/usr/bin/promtool ]]; then
-  echo "setup: apt-get download prometheus (for promtool) into .cache/prometheus"
+# Prometheus and promtool, for the alert rules' tests (tests/unit/test_alert_rules.py and the
+# real Prometheus of tests/e2e/test_air_gapped.py): Debian's prometheus package unpacked into
+# .cache/prometheus, not installed, so no Prometheus service starts on this machine.
+if [[ ! -x .cache/prometheus/usr/bin/promtool || ! -x .cache/prometheus/usr/bin/prometheus ]]; then
+  echo "setup: apt-get download prometheus, unpacked into .cache/prometheus"
   deb_dir=$(mktemp -d)
-  chmod 755 "$deb_dir"  # apt's download user may write there
-  (cd "$deb_dir" && { apt-get download prometheus >/dev/null 2>&1 \
-                      || { apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }; })
+  trap 'rm -rf "$deb_dir"' EXIT
+  # Empty or stale package lists (a fresh machine where nothing else was missing): update once.
+  if ! (cd "$deb_dir" && apt-get download -q prometheus >"$deb_dir/log" 2>&1); then
+    apt-get update -qq
+    (cd "$deb_dir" && apt-get download -q prometheus >"$deb_dir/log" 2>&1) || { cat "$deb_dir/log" >&2; exit 1; }
+  fi
+  rm -rf .cache/prometheus
   mkdir -p .cache/prometheus
   dpkg-deb -x "$deb_dir"/prometheus_*.deb .cache/prometheus
   rm -rf "$deb_dir"
+  trap - EXIT
 fi
 echo "setup: ready"

@@ -9,7 +9,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def resource_root() -> Path:
-    """The directory holding playbooks/, roles/ and templates/.
+    """The directory holding playbooks/, roles/, templates/ and prometheus/.
 
     In a wheel they are package data beside this module; in a source checkout they sit at
     the repository root (two levels up from cli/mlops_provision/).
