@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -25,6 +24,7 @@ from scripts.benchlib import http_ok, wait_for
 
 from tests.conftest import ROOT
 from tests.e2e.conftest import LEAN, VM, admin_env, cli
+from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
 CUT = ("nft -f - <<'EOF'\n"
@@ -99,9 +99,7 @@ def prometheus(vm: VM, tmp_path: Path) -> Iterator[int]:
         "scrape_configs": [{"job_name": "mlflow", "basic_auth": {"username": "admin", "password_file": str(password)},
                             "static_configs": [{"targets": [target]}]}],
     }))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     log = tmp_path / "prometheus.log"
     with log.open("w") as err:
         proc = subprocess.Popen([str(PROMETHEUS), f"--config.file={tmp_path / 'prometheus.yml'}",

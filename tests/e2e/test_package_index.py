@@ -2,8 +2,9 @@
 wheelhouse over HTTPS with a certificate of a CA made here, on this machine's loopback, which a
 `--host-loopback` sandbox reaches as 10.0.2.2; and through a real HTTP proxy (proxy.py, from
 PyPI) that asks for credentials, to an index only the proxy can reach (this machine's
-127.0.0.1, which is the VM's own loopback from inside it). Each deploy changes the
-requirements (an extra package), so each builds a new venv from the index."""
+127.0.0.1, which is the VM's own loopback from inside it). One cold install through the proxy
+proves both (each install from an index costs about two minutes of the suite); the deploy
+without the CA bundle asks for another venv, so it would build one if the index were trusted."""
 
 from __future__ import annotations
 
@@ -23,17 +24,12 @@ from scripts.benchlib import http_ok, wait_for
 
 from tests.conftest import ROOT
 from tests.e2e.conftest import LEAN, VM, cli, ensure_deployed, places_where_secrets_must_not_be
+from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
 PROXY_PASSWORD = "pr0xy-S3cret-Zq"
 CA_ON_HOST = "/etc/ssl/mlops-test-index-ca.pem"
 OUTPUTS: list[str] = []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -73,7 +69,7 @@ def index(vm: VM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Index]:
                     "-subj", "/CN=mlops-provision test index",
                     "-addext", "subjectAltName=IP:127.0.0.1,IP:10.0.2.2"], check=True, capture_output=True)
     subprocess.run(["podman", "cp", str(work / "ca.pem"), f"{vm.container}:{CA_ON_HOST}"], check=True)
-    idx = Index(port=_free_port(), proxy_port=_free_port(), access_log=work / "access.log",
+    idx = Index(port=free_port(), proxy_port=free_port(), access_log=work / "access.log",
                 proxy_log=work / "proxy.log")
     bin_dir = Path(sys.executable).parent
     server = subprocess.Popen(
@@ -108,42 +104,36 @@ def extra(*packages: str) -> list[str]:
     return ["-e", json.dumps({"mlflow_extra_pip_packages": list(packages)})]
 
 
-def test_https_index_with_a_ca_bundle(vm: VM, index: Index) -> None:
+def test_https_index_with_a_ca_bundle_through_a_proxy_that_asks_for_credentials(vm: VM, index: Index) -> None:
+    """One cold install proves both: pip reaches the HTTPS index (its CA bundle on the host) only
+    through the proxy, which asks for credentials."""
     before = vm.process_venv() if vm.main_pid() not in ("", "0") else ""
-    proc = deploy(vm, "--pip-index-url", f"https://10.0.2.2:{index.port}/simple/", "--pip-ca-bundle", CA_ON_HOST,
-                  *extra("six"))
+    proxy = f"http://mlops:{PROXY_PASSWORD}@10.0.2.2:{index.proxy_port}"
+    # 127.0.0.1 is the VM's own loopback: only the proxy, on this machine, reaches that index.
+    proc = deploy(vm, "--pip-index-url", f"https://127.0.0.1:{index.port}/simple/", "--pip-proxy", proxy,
+                  "--pip-ca-bundle", CA_ON_HOST, *extra("six"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert vm.process_venv() != before
     assert vm.process_venv() == vm.sh("readlink -f /opt/mlflow/current").strip()
     assert "pip" in vm.sh("ls /opt/mlflow/current/bin/").split()  # pip built it, not uv
     log = index.access_log.read_text()
     assert "GET /simple/mlflow/ " in log and "GET /packages/mlflow-" in log and "GET /packages/six-" in log, log[-2000:]
+    assert f"CONNECT 127.0.0.1:{index.port}" in index.proxy_log.read_text()
+    assert vm.sh("stat -c '%U %a' /opt/mlflow/pip.conf").strip() == "root 600"
     assert http_ok(vm.url + "/health")
+    leaks = {where for where, text in places_where_secrets_must_not_be(vm, OUTPUTS).items()
+             if PROXY_PASSWORD in text}
+    assert not leaks, leaks
 
 
 def test_without_the_ca_bundle_the_index_is_refused_in_seconds(vm: VM, index: Index) -> None:
     pid = vm.main_pid()
     began = time.monotonic()
     url = f"https://10.0.2.2:{index.port}/simple/"
-    proc = deploy(vm, "--pip-index-url", url, *extra("six", "packaging"))
+    proc = deploy(vm, "--pip-index-url", url, *extra("six", "packaging"))  # a new venv would be built
     took = time.monotonic() - began
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert f"e2e-index cannot reach the package index {url} (" in out and "CERTIFICATE_VERIFY_FAILED" in out, out
     assert took < 60, f"{took:.0f} s"
     assert vm.main_pid() == pid
-
-
-def test_through_a_proxy_that_asks_for_credentials(vm: VM, index: Index) -> None:
-    before = vm.process_venv()
-    proxy = f"http://mlops:{PROXY_PASSWORD}@10.0.2.2:{index.proxy_port}"
-    # 127.0.0.1 is the VM's own loopback: only the proxy, on this machine, reaches that index.
-    proc = deploy(vm, "--pip-index-url", f"https://127.0.0.1:{index.port}/simple/", "--pip-proxy", proxy,
-                  "--pip-ca-bundle", CA_ON_HOST, *extra("six", "packaging"))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert vm.process_venv() != before
-    assert f"CONNECT 127.0.0.1:{index.port}" in index.proxy_log.read_text()
-    assert vm.sh("stat -c '%U %a' /opt/mlflow/pip.conf").strip() == "root 600"
-    leaks = {where for where, text in places_where_secrets_must_not_be(vm, OUTPUTS).items()
-             if PROXY_PASSWORD in text}
-    assert not leaks, leaks
