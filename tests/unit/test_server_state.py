@@ -133,3 +133,46 @@ def test_a_server_started_through_a_shell_is_named_as_itself_with_its_stores(
     # The adoption hint needs the database's path: found from the shell too (its grandchild).
     assert state.mlflow_stores(shell)["sqlite"] == f"{tmp_path}/mlflow.db"
     assert state.mlflow_stores(server)["local_artifacts"] == f"{tmp_path}/mlruns"
+
+
+def test_the_verify_answers_read_version_as_the_admin_of_the_auth_file_and_probe_anonymously(tmp_path: Path) -> None:
+    """verify.yml's one wait run reads /health, /version with the admin password the deploy
+    rendered into basic_auth.ini (its % doubled for configparser), and an anonymous call."""
+    import base64
+    import http.server
+    import threading
+
+    password = "p%ss:w0rd"
+    good = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/health":
+                status, body = 200, b"OK"
+            elif self.headers.get("Authorization") == good:
+                status, body = 200, b"3.17.2\n"
+            else:
+                status, body = 401, b"login"
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    ini = tmp_path / "basic_auth.ini"
+    ini.write_text(f"[mlflow]\nadmin_username = admin\nadmin_password = {password.replace('%', '%%')}\n")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        probe = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert state._answers(port, str(ini), probe) == {
+            "health_status": 200, "health": "OK", "version_status": 200, "version_answer": "3.17.2",
+            "anonymous_status": 401}
+        ini.write_text("[mlflow]\nadmin_username = admin\nadmin_password = changed-since\n")
+        assert state._answers(port, str(ini), "")["version_status"] == 401
+        assert state._answers(port, "", "") == {"health_status": 200, "health": "OK", "version_status": 401,
+                                                "version_answer": ""}
+    finally:
+        server.shutdown()

@@ -18,12 +18,16 @@ before anything is installed). Prints one JSON object and exits 0; the role deci
       ("changed"); --dry-run (--check) names it and changes nothing
   wait --port P --timeout S [--version V] [--since EPOCH]
       until /health answers 200 from a process of mlflow.service (not a foreign program on
-      the port) running MLflow V, or the unit has failed (systemd gave up), or S seconds
+      the port) running MLflow V, or the unit has failed (systemd gave up), or S seconds;
+      with --answers [--auth-config INI] [--probe-url URL], then also the answers the verify
+      step checks: /health, /version as the admin of INI, an anonymous call to URL
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import configparser
 import fcntl
 import glob
 import grp
@@ -430,15 +434,43 @@ def _let_a_failing_start_finish(pid: int, limit: float = 10.0) -> None:
         time.sleep(0.5)
 
 
-def _health(port: int) -> int:
+def _get(url: str, timeout: float = 3, auth: tuple[str, str] | None = None) -> tuple[int, str]:
+    """HTTP status and body of a GET (0 when nothing answered)."""
+    request = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=3) as resp:
-            resp.read()
-            return int(resp.status)
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
-        return int(exc.code)
+        return int(exc.code), ""
     except (urllib.error.URLError, OSError, ValueError):
-        return 0
+        return 0, ""
+
+
+def _health(port: int) -> int:
+    return _get(f"http://127.0.0.1:{port}/health")[0]
+
+
+def _answers(port: int, auth_config: str, probe_url: str) -> dict[str, object]:
+    """What the verify step reads from a healthy server, in this one run instead of a module run
+    each: /health and /version (as the admin whose password this deploy rendered into the
+    basic-auth file, read here so it is never in argv), and with basic auth, the status an
+    anonymous call to a protected endpoint gets (401 expected)."""
+    base = f"http://127.0.0.1:{port}"
+    admin = None
+    if auth_config:
+        ini = configparser.ConfigParser()  # the template doubles %, which interpolation undoes
+        ini.read(auth_config)
+        admin = (ini.get("mlflow", "admin_username", fallback=""), ini.get("mlflow", "admin_password", fallback=""))
+    health_status, health = _get(base + "/health", timeout=30)
+    version_status, version = _get(base + "/version", timeout=30, auth=admin)
+    answers: dict[str, object] = {"health_status": health_status, "health": health.strip(),
+                                  "version_status": version_status, "version_answer": version.strip()}
+    if probe_url:
+        answers["anonymous_status"] = _get(probe_url, timeout=30)[0]
+    return answers
 
 
 def wait(args: argparse.Namespace) -> dict[str, object]:
@@ -464,7 +496,8 @@ def wait(args: argparse.Namespace) -> dict[str, object]:
                 note = f"{UNIT} runs MLflow {version or 'unknown'}, not {args.version}"
             else:
                 return {"ok": True, "reason": "", "journal": "", "version": version, "venv": venv_of(pid),
-                        "elapsed": round(time.monotonic() - begin, 1)}
+                        "elapsed": round(time.monotonic() - begin, 1),
+                        **(_answers(args.port, args.auth_config, args.probe_url) if args.answers else {})}
         if time.monotonic() - begin > args.timeout:
             elapsed = round(time.monotonic() - begin, 1)
             _let_a_failing_start_finish(pid)
@@ -500,6 +533,9 @@ def main() -> int:
     wt.add_argument("--version", default="")
     wt.add_argument("--since", type=float, default=0.0)
     wt.add_argument("--user", default="mlflow")
+    wt.add_argument("--answers", action="store_true", help="once healthy, also read /health, /version and the probe")
+    wt.add_argument("--auth-config", default="", help="with --answers: the basic-auth file naming the admin")
+    wt.add_argument("--probe-url", default="", help="with --answers: a protected URL an anonymous call must not open")
     args = parser.parse_args()
     commands = {"state": state, "wait": wait, "layout": ensure_and_read_layout}
     json.dump(commands[args.command](args), sys.stdout)
