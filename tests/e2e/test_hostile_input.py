@@ -285,6 +285,9 @@ INVENTORY_ROWS: list[InventoryRow] = [
     InventoryRow("inv-data-dir-traversal", {"mlflow_data_dir": "/var/lib/../../etc"}, "mlflow_data_dir /var/lib/NAME;"),
     InventoryRow("inv-newline-in-hosts", {"mlflow_allowed_hosts": ["a\nExecStartPre=/bin/false"]},
                  "no control characters or newlines in any value"),
+    # MLflow's configparser would create the admin with the password stripped: the CLI's copy would not log in.
+    InventoryRow("inv-admin-password-padded", {"mlflow_auth_admin_password": " Padded-Admin-Pw-0123 "},
+                 "mlflow_auth_admin_password 12+ characters, no space at either end;", hidden="Padded-Admin-Pw-0123"),
     InventoryRow("inv-workers-word", {"mlflow_workers": "many"},
                  "argument 'mlflow_workers' is of type str and we were unable to convert to int"),
     InventoryRow("inv-version-below-floor", {"mlflow_version": "3.13.0"},

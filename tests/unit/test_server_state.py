@@ -5,6 +5,7 @@ working directory."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -167,12 +168,20 @@ def test_the_verify_answers_read_version_as_the_admin_of_the_auth_file_and_probe
     try:
         port = server.server_address[1]
         probe = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1"
-        assert state._answers(port, str(ini), probe) == {
-            "health_status": 200, "health": "OK", "version_status": 200, "version_answer": "3.17.2",
-            "anonymous_status": 401}
+        answers = state._answers(port, str(ini), probe)
+        assert answers == {"health_status": 200, "health": "OK", "version_status": 200, "version_answer": "3.17.2",
+                           "anonymous_status": 401}
+        assert password not in json.dumps(answers)
         ini.write_text("[mlflow]\nadmin_username = admin\nadmin_password = changed-since\n")
         assert state._answers(port, str(ini), "")["version_status"] == 401
         assert state._answers(port, "", "") == {"health_status": 200, "health": "OK", "version_status": 401,
                                                 "version_answer": ""}
+        # A hand-edited file configparser cannot read (a lone %) or none: named, never quoted.
+        ini.write_text(f"[mlflow]\nadmin_username = admin\nadmin_password = {password}\n")
+        broken = state._answers(port, str(ini), "")
+        assert broken["auth_config_error"] == f"{ini} cannot be read (InterpolationSyntaxError)", broken
+        assert broken["version_status"] == 401 and password not in json.dumps(broken)
+        missing = state._answers(port, str(tmp_path / "absent.ini"), "")
+        assert missing["auth_config_error"] == f"{tmp_path / 'absent.ini'} cannot be read (OSError)"
     finally:
         server.shutdown()

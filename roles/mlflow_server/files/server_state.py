@@ -434,14 +434,19 @@ def _let_a_failing_start_finish(pid: int, limit: float = 10.0) -> None:
         time.sleep(0.5)
 
 
+# The server on this host's loopback, never through a proxy from the environment.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _get(url: str, timeout: float = 3, auth: tuple[str, str] | None = None) -> tuple[int, str]:
     """HTTP status and body of a GET (0 when nothing answered)."""
     request = urllib.request.Request(url)
     if auth:
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
+        # Never carried on to where a redirect points.
+        request.add_unredirected_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with _DIRECT.open(request, timeout=timeout) as resp:
             return int(resp.status), resp.read().decode(errors="replace")
     except urllib.error.HTTPError as exc:
         return int(exc.code), ""
@@ -460,14 +465,20 @@ def _answers(port: int, auth_config: str, probe_url: str) -> dict[str, object]:
     anonymous call to a protected endpoint gets (401 expected)."""
     base = f"http://127.0.0.1:{port}"
     admin = None
+    answers: dict[str, object] = {}
     if auth_config:
         ini = configparser.ConfigParser()  # the template doubles %, which interpolation undoes
-        ini.read(auth_config)
-        admin = (ini.get("mlflow", "admin_username", fallback=""), ini.get("mlflow", "admin_password", fallback=""))
+        try:
+            if not ini.read(auth_config):
+                raise OSError
+            admin = (ini.get("mlflow", "admin_username"), ini.get("mlflow", "admin_password"))
+        except (OSError, configparser.Error) as exc:
+            # The error's text could quote the file's lines: name only its kind.
+            answers["auth_config_error"] = f"{auth_config} cannot be read ({type(exc).__name__})"
     health_status, health = _get(base + "/health", timeout=30)
     version_status, version = _get(base + "/version", timeout=30, auth=admin)
-    answers: dict[str, object] = {"health_status": health_status, "health": health.strip(),
-                                  "version_status": version_status, "version_answer": version.strip()}
+    answers.update({"health_status": health_status, "health": health.strip(),
+                    "version_status": version_status, "version_answer": version.strip()})
     if probe_url:
         answers["anonymous_status"] = _get(probe_url, timeout=30)[0]
     return answers
