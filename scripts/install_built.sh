@@ -21,7 +21,10 @@ fi
 rm -f "$root/stamp"
 rm -rf "$dist"
 echo "install: python -m build (sdist and wheel)"
-.venv/bin/python -m build --outdir "$dist" . >.cache/build.log 2>&1 || { cat .cache/build.log; exit 1; }
+# uv (which setup puts in .venv) fills build's isolated environments faster than pip does.
+installer=(); [[ -x .venv/bin/uv ]] && installer=(--installer uv)
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m build "${installer[@]}" --outdir "$dist" . >.cache/build.log 2>&1 \
+  || { cat .cache/build.log; exit 1; }
 wheel=$(ls "$dist"/mlops_provision-*.whl)
 ls "$dist"/mlops_provision-*.tar.gz >/dev/null
 echo "install: the Ansible collection mlops_provision.mlflow (scripts/build_collection.py)"
