@@ -192,3 +192,52 @@ class GcsEmulator(Server):
     @property
     def endpoint_for_sandbox(self) -> str:
         return f"http://{HOST_FROM_SANDBOX}:{self.port}"
+
+
+class WheelhouseMirror:
+    """An operator's plain-HTTP mirror of the control node's wheelhouse directory
+    (--wheelhouse-url), on this machine's loopback, in a thread of the test process. It logs
+    each request (path, status, bytes sent); `tampered` makes it answer every file with other
+    bytes, as a mirror someone changed would."""
+
+    def __init__(self, directory: Path) -> None:
+        import http.server
+        import threading
+
+        self.directory = directory
+        self.tampered = False
+        self.log: list[tuple[str, int, int]] = []
+        mirror = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, directory=str(mirror.directory), **kwargs)  # type: ignore[arg-type]
+
+            def do_GET(self) -> None:  # the http.server API
+                if not mirror.tampered:
+                    target = Path(self.translate_path(self.path))
+                    size = target.stat().st_size if target.is_file() else 0
+                    super().do_GET()
+                    mirror.log.append((self.path, 200 if size else 404, size))
+                    return
+                body = b"not the wheelhouse this control node built\n" * 1000
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                mirror.log.append((self.path, 200, len(body)))
+
+            def log_message(self, format: str, *args: object) -> None:  # quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url_for_sandbox(self) -> str:
+        return f"http://{HOST_FROM_SANDBOX}:{self.port}/wheelhouse/"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

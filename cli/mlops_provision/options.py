@@ -215,6 +215,16 @@ def check_index_url(label: str, value: str, values: Mapping[str, Any]) -> None:
         raise UsageError(f"{label}: {value!r} is not an http(s) URL")
 
 
+def check_wheelhouse_url(label: str, value: str, values: Mapping[str, Any]) -> None:
+    """An http(s) directory URL; no credentials (they would show in logs and the summary), no
+    query or fragment (the tar file's name is appended to the path)."""
+    if value and not re.match(r"^https?://[^/@\s?#]+(/[^@\s?#]*)?$", value):
+        shown = re.sub(r"//[^/@]*@", "//***@", value)  # a password given by mistake is not printed back
+        raise UsageError(f"{label}: {shown!r} is not valid; give the http(s):// URL of a directory holding "
+                         "the wheelhouse tar files, without credentials, query or fragment "
+                         "(e.g. https://mirror.example/mlops-provision/wheelhouse/)")
+
+
 def check_abs_path(label: str, value: str, values: Mapping[str, Any]) -> None:
     if value and not value.startswith("/"):
         raise UsageError(f"{label}: {value!r} must be an absolute path on the host")
@@ -280,6 +290,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("mlflow-version", "mlflow_version", "str", "MLflow release (default pinned)", check_version),
     Option("install-method", "mlflow_install_method", "choice",
            "wheelhouse (default; no index needed on hosts) or index", choices=("wheelhouse", "index")),
+    Option("wheelhouse-url", "mlflow_wheelhouse_url", "str",
+           "hosts download the wheelhouse this machine built from this http(s) directory URL, checked by "
+           "SHA-256 (default: pushed over SSH)", check_wheelhouse_url),
     Option("pip-index-url", "mlflow_pip_index_url", "str", "index for --install-method index", check_index_url),
     Option("pip-ca-bundle", "mlflow_pip_ca_bundle", "str", "CA bundle path on the host", check_abs_path),
     Option("pip-proxy", "mlflow_pip_proxy", "str", "HTTP(S) proxy for pip on the host", check_index_url),

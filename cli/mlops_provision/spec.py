@@ -187,6 +187,8 @@ def _check_combination(spec: DeploySpec, labels: Mapping[str, str]) -> None:
         import ipaddress
 
         spec.explicit["mlflow_allow_from"] = [str(ipaddress.ip_network(n)) for n in spec.explicit["mlflow_allow_from"]]
+    if eff.get("mlflow_install_method") == "index" and eff.get("mlflow_wheelhouse_url"):
+        raise UsageError(f"{labels['mlflow_wheelhouse_url']}: only applies with --install-method wheelhouse")
     if eff.get("mlflow_install_method") != "index":
         for var in ("mlflow_pip_index_url", "mlflow_pip_ca_bundle", "mlflow_pip_proxy"):
             if eff.get(var):

@@ -9,6 +9,10 @@ the service user, parses with google-auth on the host, and is in no output, log 
 With STORAGE_EMULATOR_HOST set, google-cloud-storage sends no credentials (the emulator wants
 none): the key's token_uri points at a closed port, so a client that tried to fetch a token
 would fail the deploy instead of passing by luck.
+
+The host fetches its wheelhouse from an operator's plain-HTTP mirror of the control node's cache
+(`--wheelhouse-url`), not over SSH: first from a mirror that serves other bytes, which fails
+before anything is installed, then from the real copy (the control node sends no tar).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import pytest
 
 from tests.conftest import CLI
 from tests.e2e.conftest import LEAN, VM, admin_env, mlflow_client, places_where_secrets_must_not_be
-from tests.servers import GcsEmulator
+from tests.servers import GcsEmulator, WheelhouseMirror
 
 pytestmark = pytest.mark.e2e
 OUTPUTS: list[str] = []
@@ -81,20 +85,68 @@ def vm() -> Iterator[VM]:
 
 
 @pytest.fixture(scope="module")
-def deployed(vm: VM, gcs: GcsEmulator, key: Key) -> subprocess.CompletedProcess[str]:
-    return deploy(vm, gcs, key)
+def mirror() -> Iterator[WheelhouseMirror]:
+    cache = Path(os.environ.get("MLOPS_PROVISION_CACHE") or Path.home() / ".cache" / "mlops-provision")
+    server = WheelhouseMirror(cache)  # /wheelhouse/ is the control node's wheelhouse cache
+    yield server
+    server.stop()
 
 
-def deploy(vm: VM, gcs: GcsEmulator, key: Key) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def tampered(vm: VM, gcs: GcsEmulator, key: Key, mirror: WheelhouseMirror) -> subprocess.CompletedProcess[str]:
+    """The first deploy, from a mirror whose tar is not the one the control node built."""
+    mirror.tampered = True
+    try:
+        return deploy(vm, gcs, key, mirror)
+    finally:
+        mirror.tampered = False
+
+
+@pytest.fixture(scope="module")
+def deployed(vm: VM, gcs: GcsEmulator, key: Key, mirror: WheelhouseMirror,
+             tampered: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    return deploy(vm, gcs, key, mirror)
+
+
+def deploy(vm: VM, gcs: GcsEmulator, key: Key, mirror: WheelhouseMirror) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("AWS_", "AZURE_", "MLFLOW_", "GOOGLE_", "STORAGE_EMULATOR_"))}
     started = time.monotonic()
     proc = subprocess.run([CLI, "deploy", "--host", vm.name, *LEAN, "--artifacts-destination", STORE,
-                           "--gcs-credentials-file", str(key.path), "--gcs-endpoint-url", gcs.endpoint_for_sandbox],
+                           "--gcs-credentials-file", str(key.path), "--gcs-endpoint-url", gcs.endpoint_for_sandbox,
+                           "--wheelhouse-url", mirror.url_for_sandbox],
                           capture_output=True, text=True, env=clean, timeout=900)
     print(f"\ndeploy with the GCS store: {time.monotonic() - started:.1f} s")
     OUTPUTS.append(proc.stdout + proc.stderr)
     return proc
+
+
+def test_a_wheelhouse_mirror_with_other_bytes_stops_the_deploy_before_any_install(
+        vm: VM, mirror: WheelhouseMirror, tampered: subprocess.CompletedProcess[str]) -> None:
+    out = tampered.stdout + tampered.stderr
+    assert tampered.returncode == 1, out
+    fetched = [path for path, _, _ in mirror.log]
+    assert len(fetched) == 1 and re.fullmatch(r"/wheelhouse/mlflow-[0-9.]+-[0-9a-f]+-v3-cp311-x86_64-glibc[0-9.]+\.tar",
+                                              fetched[0]), mirror.log
+    url = f"http://10.0.2.2:{mirror.port}{fetched[0]}"
+    assert f"{vm.name} could not fetch the wheelhouse from {url}: The checksum for" in out, out
+    assert "or leave --wheelhouse-url (mlflow_wheelhouse_url) empty to push it over SSH. Nothing was installed." in out
+    left = vm.sh("find /opt/mlflow \\( -name '*.tar' -o -name '*.tar.*' -o -path '/opt/mlflow/venvs/*' \\) -print"
+                 " 2>/dev/null; true")
+    assert left.strip() == "", left  # no tar, no partial download, no venv
+    assert vm.sh("test -e /etc/systemd/system/mlflow.service || echo none").strip() == "none"
+
+
+def test_the_host_fetches_the_wheelhouse_and_the_control_node_sends_no_tar(
+        mirror: WheelhouseMirror, deployed: subprocess.CompletedProcess[str]) -> None:
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    path, status, sent = mirror.log[-1]
+    tar = Path(os.environ.get("MLOPS_PROVISION_CACHE") or Path.home() / ".cache" / "mlops-provision") / path[1:]
+    assert (status, sent) == (200, tar.stat().st_size) and sent > 100 * 1024 * 1024, mirror.log
+    run_log = Path(re.search(r"full log: (\S+)", deployed.stdout).group(1)).read_text()  # type: ignore[union-attr]
+    assert re.search(r"TASK \[mlflow_server : Install \| Push the wheelhouse\][^\n]*\nskipping:", run_log)
+    assert re.search(r"TASK \[mlflow_server : Install \| Download the wheelhouse on the host\][^\n]*\nchanged:",
+                     run_log)
 
 
 def test_deploy_probes_the_emulator_and_serves_the_bucket(vm: VM, gcs: GcsEmulator,
@@ -167,13 +219,13 @@ def test_the_key_file_is_handled_like_the_other_secrets(vm: VM, key: Key,
     assert leaked == set()
 
 
-def test_a_key_replaced_at_the_same_path_is_deployed(vm: VM, gcs: GcsEmulator, key: Key,
+def test_a_key_replaced_at_the_same_path_is_deployed(vm: VM, gcs: GcsEmulator, key: Key, mirror: WheelhouseMirror,
                                                      deployed: subprocess.CompletedProcess[str]) -> None:
     """A rotated key in the same file is a change, never "nothing to do" (the digest reads the content)."""
-    assert deploy(vm, gcs, key).returncode == 0
+    assert deploy(vm, gcs, key, mirror).returncode == 0
     assert "checked    nothing to do" in OUTPUTS[-1], OUTPUTS[-1]  # unchanged: the short way
     rotated = write_key(key.path)
-    proc = deploy(vm, gcs, rotated)
+    proc = deploy(vm, gcs, rotated, mirror)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "checked    nothing to do" not in proc.stdout
     assert "restarted  yes" in proc.stdout, proc.stdout

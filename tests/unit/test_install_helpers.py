@@ -48,6 +48,25 @@ def test_helper_bundle_is_named_by_content_and_holds_only_root_owned_0644_files(
     assert bundle(tmp_path / "cache", a, b)["tarball"] != first["tarball"]
 
 
+def test_the_wheelhouse_digest_is_computed_once_and_again_when_the_tar_changes(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    tar = tmp_path / "mlflow-3.17.2-abc-v3-cp311-x86_64-glibc2.36.tar"
+    tar.write_bytes(b"a" * 5000)
+    first = wheelhouse.sha256_of(tar)
+    assert first == hashlib.sha256(b"a" * 5000).hexdigest()
+    sidecar = tmp_path / (tar.name + ".sha256")
+    assert sidecar.read_text().split("\n")[0] == first
+    sidecar.write_text(sidecar.read_text().replace(first, "0" * 64))  # kept: not read from the tar again
+    assert wheelhouse.sha256_of(tar) == "0" * 64
+    tar.write_bytes(b"b" * 6000)  # another tar under the same name: size and mtime differ
+    os.utime(tar, ns=(1, 1))
+    assert wheelhouse.sha256_of(tar) == hashlib.sha256(b"b" * 6000).hexdigest()
+    sidecar.write_text("garbage")
+    assert wheelhouse.sha256_of(tar) == hashlib.sha256(b"b" * 6000).hexdigest()
+
+
 def make_wheel(path: Path, files: dict[str, str]) -> None:
     with zipfile.ZipFile(path, "w") as wheel:
         for name, text in files.items():

@@ -49,6 +49,12 @@ BAD_FLAGS = [
      "--backend: sqlite contradicts --backend-store-uri (postgresql); give one of them"),
     ({"install_method": "conda"}, "--install-method: 'conda' is not valid; choose one of: wheelhouse, index"),
     ({"pip_index_url": "https://pypi.example/simple"}, "--pip-index-url: only applies with --install-method index"),
+    ({"wheelhouse_url": "ftp://mirror.example/wh/"}, "--wheelhouse-url: 'ftp://mirror.example/wh/' is not valid; give "
+     "the http(s):// URL of a directory holding the wheelhouse tar files, without credentials, query or fragment"),
+    ({"wheelhouse_url": "https://mirror.example/wh/?sig=x"}, "--wheelhouse-url: 'https://mirror.example/wh/?sig=x' "
+     "is not valid"),
+    ({"install_method": "index", "wheelhouse_url": "https://mirror.example/wh/"},
+     "--wheelhouse-url: only applies with --install-method wheelhouse"),
     ({"install_method": "index", "pip_ca_bundle": "certs/ca.pem"}, "--pip-ca-bundle: 'certs/ca.pem' must be an "
      "absolute path on the host"),
     ({"default_artifact_root": "mlflow-artifacts:/", "serve_artifacts": False},
@@ -66,6 +72,14 @@ def test_bad_flag_is_refused_with_its_name(flags: dict[str, object], message: st
         build_spec(flags, environ={})
     assert message in str(err.value)
     assert err.value.exit_code == 2
+
+
+def test_wheelhouse_url_credentials_are_refused_and_not_printed_back() -> None:
+    with pytest.raises(UsageError) as err:
+        build_spec({"wheelhouse_url": "https://ops:hunter22@mirror.example/wh/"}, environ={})
+    assert err.value.exit_code == 2
+    assert "--wheelhouse-url: 'https://***@mirror.example/wh/' is not valid" in str(err.value)
+    assert "hunter22" not in str(err.value)
 
 
 def test_password_never_in_error_messages() -> None:

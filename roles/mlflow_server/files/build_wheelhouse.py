@@ -3,7 +3,7 @@
 
 Runs with the control node's Python (pip download for foreign tags), once per requirement
 set; the result is a tar file that the role pushes and unpacks. Prints one JSON line:
-{"changed": bool, "tarball": path}. Kept stdlib-only: it runs wherever Ansible runs.
+{"changed": bool, "tarball": path, "sha256": hex}. Kept stdlib-only: it runs wherever Ansible runs.
 
 When the control node's Python is the host's (same X.Y and architecture), the tar file also
 carries `bytecode/`: hash-checked .pyc files of what the server imports, made here once per
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import importlib.util
 import json
 import os
@@ -190,9 +191,31 @@ def main() -> int:
     with open(cache / f"{args.key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if tarball.exists():
-            print(json.dumps({"changed": False, "tarball": str(tarball)}))
+            print(json.dumps({"changed": False, "tarball": str(tarball), "sha256": sha256_of(tarball)}))
             return 0
         return build(args, cache, tarball)
+
+
+def sha256_of(tarball: Path) -> str:
+    """The tarball's SHA-256, kept beside it (hosts that download it check it against this):
+    computed once per tarball, not once per host. Called under the key's lock."""
+    sidecar = tarball.with_name(tarball.name + ".sha256")
+    stat = tarball.stat()
+    stamp = f"{stat.st_size} {stat.st_mtime_ns}"
+    try:
+        digest, kept_stamp = sidecar.read_text().split("\n")[:2]
+        if kept_stamp == stamp and re.fullmatch(r"[0-9a-f]{64}", digest):
+            return digest
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    with open(tarball, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    partial = sidecar.with_name(sidecar.name + ".partial")
+    partial.write_text(f"{h.hexdigest()}\n{stamp}\n")
+    os.replace(partial, sidecar)
+    return h.hexdigest()
 
 
 def build(args: argparse.Namespace, cache: Path, tarball: Path) -> int:
@@ -227,7 +250,7 @@ def build(args: argparse.Namespace, cache: Path, tarball: Path) -> int:
                 tar.add(wheel, arcname=wheel.name, filter=root_owned)
         os.replace(partial, tarball)  # atomic: a cached tarball is always complete
     shutil.rmtree(dest, ignore_errors=True)
-    print(json.dumps({"changed": True, "tarball": str(tarball)}))
+    print(json.dumps({"changed": True, "tarball": str(tarball), "sha256": sha256_of(tarball)}))
     return 0
 
 
