@@ -24,10 +24,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import BinaryIO
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO / ".venv" / "bin"
@@ -113,6 +114,20 @@ def sandbox(name: str, *up_args: str, env: dict[str, str] | None = None) -> Iter
         yield published_url(cli("sandbox", "up", "--name", name, *up_args, env=env, check=True).stdout)
     finally:
         cli("sandbox", "down", "--name", name, env=env)
+
+
+def wheelhouse_cache(env: Mapping[str, str] = os.environ) -> Path:
+    """The CLI's wheelhouse cache directory for this environment (mlops_provision.paths.cache_dir)."""
+    base = env.get("MLOPS_PROVISION_CACHE") or str(
+        Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlops-provision")
+    return Path(base) / "wheelhouse"
+
+
+def counting_copy(source: BinaryIO, destination: BinaryIO, count: Callable[[int], None]) -> None:
+    """shutil.copyfileobj that reports each chunk as it is written (an aborted copy counts what went)."""
+    while chunk := source.read(1 << 20):
+        destination.write(chunk)
+        count(len(chunk))
 
 
 def admin_password(name: str, env: dict[str, str] | None = None) -> str:

@@ -204,28 +204,42 @@ class WheelhouseMirror:
         import http.server
         import threading
 
+        from scripts.benchlib import counting_copy
+
         self.directory = directory
         self.tampered = False
-        self.log: list[tuple[str, int, int]] = []
+        self.log: list[tuple[str, int, int]] = []  # path, status, body bytes written
+        self._lock = threading.Lock()
         mirror = self
 
         class Handler(http.server.SimpleHTTPRequestHandler):
             def __init__(self, *args: object, **kwargs: object) -> None:
                 super().__init__(*args, directory=str(mirror.directory), **kwargs)  # type: ignore[arg-type]
 
+            sent = 0
+
+            def send_response(self, code: int, message: str | None = None) -> None:
+                self.status = code
+                super().send_response(code, message)
+
+            def copyfile(self, source, outputfile) -> None:  # type: ignore[no-untyped-def]
+                def count(n: int) -> None:
+                    self.sent += n
+                counting_copy(source, outputfile, count)
+
             def do_GET(self) -> None:  # the http.server API
-                if not mirror.tampered:
-                    target = Path(self.translate_path(self.path))
-                    size = target.stat().st_size if target.is_file() else 0
+                self.status = 0
+                if mirror.tampered:
+                    body = b"not the wheelhouse this control node built\n" * 50_000  # 2.2 MB
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    self.sent = len(body)
+                else:
                     super().do_GET()
-                    mirror.log.append((self.path, 200 if size else 404, size))
-                    return
-                body = b"not the wheelhouse this control node built\n" * 1000
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                mirror.log.append((self.path, 200, len(body)))
+                with mirror._lock:
+                    mirror.log.append((self.path, self.status, self.sent))
 
             def log_message(self, format: str, *args: object) -> None:  # quiet
                 pass

@@ -219,7 +219,7 @@ def check_wheelhouse_url(label: str, value: str, values: Mapping[str, Any]) -> N
     """An http(s) directory URL; no credentials (they would show in logs and the summary), no
     query or fragment (the tar file's name is appended to the path)."""
     if value and not re.match(r"^https?://[^/@\s?#]+(/[^@\s?#]*)?$", value):
-        shown = re.sub(r"//[^/@]*@", "//***@", value)  # a password given by mistake is not printed back
+        shown = re.sub(r"^([^:/]*://).*@", r"\1***@", value)  # a password given by mistake is not printed back
         raise UsageError(f"{label}: {shown!r} is not valid; give the http(s):// URL of a directory holding "
                          "the wheelhouse tar files, without credentials, query or fragment "
                          "(e.g. https://mirror.example/mlops-provision/wheelhouse/)")

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from scripts.benchlib import wheelhouse_cache
 
 from tests.conftest import CLI
 from tests.e2e.conftest import LEAN, VM, admin_env, mlflow_client, places_where_secrets_must_not_be
-from tests.servers import GcsEmulator, WheelhouseMirror
+from tests.servers import HOST_FROM_SANDBOX, GcsEmulator, WheelhouseMirror
 
 pytestmark = pytest.mark.e2e
 OUTPUTS: list[str] = []
@@ -86,8 +87,7 @@ def vm() -> Iterator[VM]:
 
 @pytest.fixture(scope="module")
 def mirror() -> Iterator[WheelhouseMirror]:
-    cache = Path(os.environ.get("MLOPS_PROVISION_CACHE") or Path.home() / ".cache" / "mlops-provision")
-    server = WheelhouseMirror(cache)  # /wheelhouse/ is the control node's wheelhouse cache
+    server = WheelhouseMirror(wheelhouse_cache().parent)  # /wheelhouse/ is the control node's wheelhouse cache
     yield server
     server.stop()
 
@@ -126,23 +126,26 @@ def test_a_wheelhouse_mirror_with_other_bytes_stops_the_deploy_before_any_instal
     out = tampered.stdout + tampered.stderr
     assert tampered.returncode == 1, out
     fetched = [path for path, _, _ in mirror.log]
-    assert len(fetched) == 1 and re.fullmatch(r"/wheelhouse/mlflow-[0-9.]+-[0-9a-f]+-v3-cp311-x86_64-glibc[0-9.]+\.tar",
+    assert len(fetched) == 1 and re.fullmatch(r"/wheelhouse/mlflow-[0-9.]+-[0-9a-f]+-v3-cp3\d+-\w+-glibc[0-9.]+\.tar",
                                               fetched[0]), mirror.log
-    url = f"http://10.0.2.2:{mirror.port}{fetched[0]}"
+    url = f"http://{HOST_FROM_SANDBOX}:{mirror.port}{fetched[0]}"
     assert f"{vm.name} could not fetch the wheelhouse from {url}: The checksum for" in out, out
     assert "or leave --wheelhouse-url (mlflow_wheelhouse_url) empty to push it over SSH. Nothing was installed." in out
-    left = vm.sh("find /opt/mlflow \\( -name '*.tar' -o -name '*.tar.*' -o -path '/opt/mlflow/venvs/*' \\) -print"
-                 " 2>/dev/null; true")
-    assert left.strip() == "", left  # no tar, no partial download, no venv
+    # Nothing of the download is left anywhere (get_url fetches into Ansible's remote temporary
+    # directory, removed with the task), and no venv was made.
+    left = vm.sh("find /opt/mlflow /root/.ansible /tmp /var/tmp -type f -size +1M 2>/dev/null;"
+                 " find /opt/mlflow -path '/opt/mlflow/venvs/*' -prune -print 2>/dev/null; true")
+    assert left.strip() == "", left
     assert vm.sh("test -e /etc/systemd/system/mlflow.service || echo none").strip() == "none"
 
 
 def test_the_host_fetches_the_wheelhouse_and_the_control_node_sends_no_tar(
         mirror: WheelhouseMirror, deployed: subprocess.CompletedProcess[str]) -> None:
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert len(mirror.log) == 2, mirror.log  # the tampered fetch, then this one
     path, status, sent = mirror.log[-1]
-    tar = Path(os.environ.get("MLOPS_PROVISION_CACHE") or Path.home() / ".cache" / "mlops-provision") / path[1:]
-    assert (status, sent) == (200, tar.stat().st_size) and sent > 100 * 1024 * 1024, mirror.log
+    tar = wheelhouse_cache().parent / path[1:]
+    assert (status, sent) == (200, tar.stat().st_size) and sent > 100 * 1024 * 1024, mirror.log  # all of it, once
     run_log = Path(re.search(r"full log: (\S+)", deployed.stdout).group(1)).read_text()  # type: ignore[union-attr]
     assert re.search(r"TASK \[mlflow_server : Install \| Push the wheelhouse\][^\n]*\nskipping:", run_log)
     assert re.search(r"TASK \[mlflow_server : Install \| Download the wheelhouse on the host\][^\n]*\nchanged:",
