@@ -142,7 +142,8 @@ def measure_size(n: int, args: argparse.Namespace, env: dict[str, str], log: Log
     targets = [arg for name in new for arg in ("--host", name)]
     deploy = ["deploy", *targets, "--workers", "1", *(["--wheelhouse-url", mirror.url] if mirror else [])]
     output = Path(tempfile.mkdtemp(prefix="bench-fleet-archives-"))
-    commands = {"deploy": deploy, "no-change": deploy, "status": ["status", *targets],
+    # status with the deploy's settings (else it reports the difference and exits 1); the mirror is not one
+    commands = {"deploy": deploy, "no-change": deploy, "status": ["status", *targets, "--workers", "1"],
                 "backup": ["backup", *targets, "--output", str(output)]}
     for operation in OPERATIONS:
         net0 = [net_bytes(name) for name in new]
